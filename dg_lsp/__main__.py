@@ -1,0 +1,3 @@
+from dg_lsp.cli import main
+import sys
+sys.exit(main())

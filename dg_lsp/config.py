@@ -1,0 +1,139 @@
+"""Server options: frozen dataclasses read from ``initializationOptions`` / ``didChangeConfiguration``.
+
+Keys are camelCase in JSON (``completion.maxSteps``) and snake_case here. Every invalid value
+is reported as a message and replaced by its default; unknown keys are reported too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, get_type_hints
+
+from dg_lsp.engine.sampler import SamplerSettings
+
+
+def _in_range(low: float, high: float) -> Callable[[Any], bool]:
+    return lambda value: low <= value <= high
+
+
+@dataclass(frozen=True)
+class CompletionOptions:
+    """Inline completion."""
+
+    enabled: bool = True
+    max_steps: int = field(default=16, metadata={"check": _in_range(1, 256)})
+    context_tokens: int = field(default=1024, metadata={"check": _in_range(16, 131072)})
+    max_canvas: int = field(default=256, metadata={"check": _in_range(8, 4096)})
+    draft_interval_ms: int = field(default=30, metadata={"check": _in_range(0, 10000)})
+    parse_check: bool = True
+    greedy: bool = True
+    entropy_bound: float = field(default=0.1, metadata={"check": _in_range(1e-6, 1e6)})
+    seed: int = 0
+    cache_size: int = field(default=64, metadata={"check": _in_range(0, 100000)})
+
+    def sampler(self) -> SamplerSettings:
+        """Sampler settings for completions."""
+        return SamplerSettings(max_steps=self.max_steps, entropy_bound=self.entropy_bound, greedy=self.greedy)
+
+
+@dataclass(frozen=True)
+class RewriteOptions:
+    """The rewrite-selection command."""
+
+    max_steps: int = field(default=24, metadata={"check": _in_range(1, 256)})
+    noise: float = field(default=0.5, metadata={"check": _in_range(0.0, 1.0)})
+    greedy: bool = True
+
+    def sampler(self, entropy_bound: float) -> SamplerSettings:
+        """Sampler settings for rewrites."""
+        return SamplerSettings(max_steps=self.max_steps, entropy_bound=entropy_bound, greedy=self.greedy)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """All options; ``model`` None means the embedded default model."""
+
+    model: str | None = None
+    device: str = field(default="auto", metadata={"check": lambda v: v in ("auto", "cpu") or v.startswith("cuda")})
+    dtype: str = field(default="auto", metadata={"check": lambda v: v in ("auto", "float32", "bfloat16", "float16")})
+    reuse_prompt_cache: bool = True
+    completion: CompletionOptions = CompletionOptions()
+    rewrite: RewriteOptions = RewriteOptions()
+
+
+T = TypeVar("T")
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Return ``value`` if it fits ``annotation`` (ints accepted for floats), else raise TypeError."""
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif annotation == (str | None):
+        if value is None or isinstance(value, str):
+            return value
+    raise TypeError
+
+
+def parse_options(cls: type[T], raw: Any, path: str = "") -> tuple[T, list[str]]:
+    """Build ``cls`` from a JSON object; returns the options and a list of problems found."""
+    problems: list[str] = []
+    if raw is None:
+        return cls(), problems
+    if not isinstance(raw, Mapping):
+        return cls(), [f"{path or 'options'}: expected an object, got {type(raw).__name__}; using defaults"]
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = _snake(str(key))
+        where = f"{path}{key}"
+        if name not in fields:
+            problems.append(f"{where}: unknown option, ignored")
+            continue
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            values[name], nested = parse_options(annotation, value, f"{where}.")  # type: ignore[arg-type]
+            problems.extend(nested)
+            continue
+        try:
+            coerced = _coerce(value, annotation)
+        except TypeError:
+            problems.append(f"{where}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}; using the default")
+            continue
+        check = fields[name].metadata.get("check")
+        if check is not None and coerced is not None and not check(coerced):
+            problems.append(f"{where}: {value!r} is out of range; using the default")
+            continue
+        values[name] = coerced
+    return cls(**values), problems
+
+
+def options_to_json(options: Any) -> dict[str, Any]:
+    """camelCase JSON form of an options dataclass (for ``dg.info`` and docs)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        out[_camel(f.name)] = options_to_json(value) if dataclasses.is_dataclass(value) else value
+    return out

@@ -1,0 +1,1 @@
+"""The resident diffusion engine: prompt cache, denoising loop, sampler."""

@@ -1,0 +1,145 @@
+"""The resident engine: one loaded model, its prompt cache, and infill jobs run one at a time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from dg_lsp.canvas import HoleKind, canvas_length_for, canvas_target, encoder_ids, middle_from_canvas
+from dg_lsp.engine.denoiser import CanvasSpec, Draft, denoise
+from dg_lsp.engine.prompt_cache import EncodeStats, PromptCache
+from dg_lsp.engine.sampler import SamplerSettings
+from dg_lsp.model.loader import LoadedModel
+
+#: Callback for drafts: (middle text so far, step, max steps, final).
+DraftCallback = Callable[[str, int, int, bool], None]
+
+
+@dataclass(frozen=True)
+class InfillRequest:
+    """One hole to fill: its context, what kind of hole it is, and how to sample."""
+
+    prefix: str
+    suffix: str
+    language: str | None
+    kind: HoleKind
+    settings: SamplerSettings = SamplerSettings()
+    max_canvas: int = 256
+    #: Upper bound on prefix + suffix tokens actually encoded.
+    max_context_tokens: int = 2048
+    #: Rewrites: the text currently in the hole, used to seed the canvas.
+    seed_text: str | None = None
+    seed_noise: float = 0.5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InfillResult:
+    """The denoised middle and the numbers behind it."""
+
+    text: str
+    ended: bool
+    steps: int
+    middle_tokens: int
+    canvas_length: int
+    encode: EncodeStats
+    encode_ms: float
+    denoise_ms: float
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Middle tokens produced per decoder forward pass."""
+        return self.middle_tokens / max(self.steps, 1)
+
+
+class Engine:
+    """Runs infill jobs on one resident model; jobs are serialised by a lock."""
+
+    def __init__(self, loaded: LoadedModel, reuse_prompt_cache: bool = True) -> None:
+        self.loaded = loaded
+        self._cache = PromptCache(loaded.model, reuse=reuse_prompt_cache)
+        self._lock = threading.Lock()
+        if loaded.device.type == "cpu":
+            torch.set_flush_denormal(True)
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens ``text`` encodes to (used to cut context to a budget)."""
+        return len(self.loaded.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _ids(self, text: str) -> list[int]:
+        ids: list[int] = self.loaded.tokenizer.encode(text, add_special_tokens=False).ids
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of a list of token ids."""
+        text: str = self.loaded.tokenizer.decode(ids, skip_special_tokens=False)
+        return text
+
+    def prompt_ids(self, request: InfillRequest) -> list[int]:
+        """The encoder ids for a request, trimmed to its context budget (keeping text near the hole)."""
+        prefix_ids = self._ids(request.prefix)
+        suffix_ids = self._ids(request.suffix)
+        budget = max(request.max_context_tokens, 8)
+        if len(prefix_ids) + len(suffix_ids) > budget:
+            keep_suffix = min(len(suffix_ids), max(budget // 4, budget - len(prefix_ids)))
+            suffix_ids = suffix_ids[:keep_suffix]
+            prefix_ids = prefix_ids[max(0, len(prefix_ids) - (budget - keep_suffix)) :]
+        return encoder_ids(self.loaded.layout, prefix_ids, suffix_ids, request.language)
+
+    def infill(
+        self,
+        request: InfillRequest,
+        on_draft: DraftCallback | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> InfillResult:
+        """Fill one hole; raises :class:`dg_lsp.engine.denoiser.Cancelled` if ``cancelled()`` turns true."""
+        layout = self.loaded.layout
+        seed_ids = self._ids(request.seed_text) if request.seed_text is not None else None
+        needed = len(seed_ids) + max(8, len(seed_ids) // 4) if seed_ids is not None else 0
+        length = canvas_length_for(request.kind, min(request.max_canvas, self.loaded.canvas_length), needed)
+        spec = CanvasSpec(
+            length=length,
+            seed_ids=canvas_target(layout, seed_ids, length) if seed_ids is not None else None,
+            seed_noise=request.seed_noise,
+        )
+        prompt = self.prompt_ids(request)
+
+        def report(draft: Draft) -> None:
+            if on_draft is not None:
+                middle, _ = middle_from_canvas(layout, draft.canvas)
+                on_draft(self.decode(middle), draft.step, draft.max_steps, draft.final)
+
+        with self._lock:
+            started = time.perf_counter()
+            try:
+                stats = self._cache.encode(prompt)
+            except BaseException:
+                self._cache.clear()
+                raise
+            encoded = time.perf_counter()
+            outcome = denoise(
+                self.loaded.model,
+                self._cache.cache,
+                len(prompt),
+                spec,
+                request.settings,
+                request.seed,
+                on_draft=report,
+                cancelled=cancelled,
+            )
+            finished = time.perf_counter()
+        middle, ended = middle_from_canvas(layout, outcome.canvas)
+        return InfillResult(
+            text=self.decode(middle),
+            ended=ended,
+            steps=outcome.steps,
+            middle_tokens=len(middle),
+            canvas_length=length,
+            encode=stats,
+            encode_ms=(encoded - started) * 1000.0,
+            denoise_ms=(finished - encoded) * 1000.0,
+        )

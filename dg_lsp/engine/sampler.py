@@ -1,0 +1,113 @@
+"""One denoising step's token selection: temperature schedule, entropy-bound acceptance, renoising.
+
+This follows DiffusionGemma's published sampler (linear temperature schedule from ``t_max``
+to ``t_min``, entropy-bound acceptance of the lowest-entropy tokens, uniform renoising of
+the rest, stable-and-confident adaptive stopping) and adds what an editor needs: pinned
+canvas positions that are never resampled, and a deterministic (argmax) mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Parameters of the entropy-bound sampler and of adaptive stopping."""
+
+    max_steps: int = 16
+    entropy_bound: float = 0.1
+    t_min: float = 0.4
+    t_max: float = 0.8
+    stability_threshold: int = 1
+    confidence_threshold: float = 0.005
+    #: Take the argmax instead of sampling (pass@1 "deterministic decoding").
+    greedy: bool = True
+
+
+@dataclass
+class StepResult:
+    """What one step produced."""
+
+    next_canvas: torch.Tensor
+    argmax_canvas: torch.Tensor
+    logits: torch.Tensor
+    accepted: torch.Tensor
+    mean_entropy: float
+
+
+def temperature(settings: SamplerSettings, remaining: int) -> float:
+    """Linear schedule: ``t_max`` at the first step, ``t_min`` towards the last (``remaining`` counts down)."""
+    return settings.t_min + (settings.t_max - settings.t_min) * (remaining / settings.max_steps)
+
+
+def entropy_bound_accept(entropy: torch.Tensor, bound: float) -> torch.Tensor:
+    """Accept the k lowest-entropy tokens with ``sum(H_1..k) - max(H_1..k) <= bound`` (per row)."""
+    sorted_entropy, order = torch.sort(entropy, dim=-1)
+    cumulative = torch.cumsum(sorted_entropy, dim=-1)
+    chosen_sorted = (cumulative - sorted_entropy) <= bound
+    return torch.zeros_like(chosen_sorted).scatter(-1, order, chosen_sorted)
+
+
+def denoise_step(
+    settings: SamplerSettings,
+    raw_logits: torch.Tensor,
+    current: torch.Tensor,
+    remaining: int,
+    vocab_size: int,
+    generator: torch.Generator,
+    pinned: torch.Tensor | None,
+    pinned_ids: torch.Tensor | None,
+) -> StepResult:
+    """Select, accept and renoise canvas tokens from one decoder output.
+
+    ``raw_logits`` is ``(batch, length, vocab)`` float32; ``pinned`` a bool mask of positions
+    whose tokens stay ``pinned_ids`` whatever the model says.
+    """
+    logits = raw_logits / temperature(settings, remaining)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    probs = log_probs.exp()
+    entropy = -(probs * log_probs).sum(dim=-1)
+    argmax = logits.argmax(dim=-1)
+    if settings.greedy:
+        proposal = argmax
+    else:
+        flat = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator)
+        proposal = flat.view(argmax.shape)
+    if pinned is not None and pinned_ids is not None:
+        entropy = torch.where(pinned, torch.zeros_like(entropy), entropy)
+        argmax = torch.where(pinned, pinned_ids, argmax)
+        proposal = torch.where(pinned, pinned_ids, proposal)
+    accepted = entropy_bound_accept(entropy, settings.entropy_bound)
+    if pinned is not None:
+        accepted |= pinned
+    noise = torch.randint(0, vocab_size, current.shape, generator=generator, device=current.device)
+    next_canvas = torch.where(accepted, proposal, noise)
+    return StepResult(
+        next_canvas=next_canvas,
+        argmax_canvas=argmax,
+        logits=logits,
+        accepted=accepted,
+        mean_entropy=float(entropy.mean()),
+    )
+
+
+class StableAndConfident:
+    """Adaptive stopping: the argmax canvas repeated for ``stability_threshold`` steps and mean entropy is low."""
+
+    def __init__(self, settings: SamplerSettings) -> None:
+        self._threshold = settings.stability_threshold
+        self._confidence = settings.confidence_threshold
+        self._history: list[torch.Tensor] = []
+
+    def update(self, argmax_canvas: torch.Tensor, mean_entropy: float) -> bool:
+        """Record a step; true when denoising can stop."""
+        stable = all(torch.equal(past, argmax_canvas) for past in self._history) and (
+            len(self._history) >= self._threshold
+        )
+        self._history.append(argmax_canvas)
+        if len(self._history) > self._threshold:
+            self._history.pop(0)
+        return stable and mean_entropy < self._confidence

@@ -1,0 +1,1 @@
+"""Model configuration, loading and checkpoint writing for DiffusionGemma-architecture models."""

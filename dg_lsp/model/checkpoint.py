@@ -1,0 +1,62 @@
+"""Write checkpoint directories: model weights (safetensors), config and tokenizer files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from transformers import DiffusionGemmaForBlockDiffusion
+
+from dg_lsp import special_tokens as st
+from dg_lsp.model.geometry import Geometry
+
+
+def tokenizer_config(model_max_length: int = 8192) -> dict[str, object]:
+    """``tokenizer_config.json`` contents that let transformers' AutoTokenizer load our tokenizer."""
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": model_max_length,
+        "bos_token": st.BOS,
+        "eos_token": st.EOS,
+        "pad_token": st.PAD,
+        "unk_token": st.UNK,
+        "additional_special_tokens": list(st.SPECIAL_TOKENS[4:]),
+        "clean_up_tokenization_spaces": False,
+    }
+
+
+def save_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> None:
+    """Save ``tokenizer.json`` plus the transformers side files into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2) + "\n")
+    special_map = {"bos_token": st.BOS, "eos_token": st.EOS, "pad_token": st.PAD, "unk_token": st.UNK}
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
+
+
+def new_model(geometry: Geometry, tokenizer: Tokenizer, seed: int) -> DiffusionGemmaForBlockDiffusion:
+    """A randomly initialised model of ``geometry`` whose special ids match ``tokenizer``."""
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    config = geometry.to_config(pad_id=vocab[st.PAD], eos_id=vocab[st.EOS], bos_id=vocab[st.BOS])
+    torch.manual_seed(seed)
+    return DiffusionGemmaForBlockDiffusion(config).eval()
+
+
+def save_checkpoint(
+    model: DiffusionGemmaForBlockDiffusion, tokenizer: Tokenizer | Path, out_dir: Path, drop_vision: bool = False
+) -> None:
+    """Save weights as safetensors (without the unused vision tower), config and tokenizer."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    if drop_vision:
+        state = {k: v for k, v in state.items() if "vision" not in k and "embed_vision" not in k}
+    model.save_pretrained(str(out_dir), state_dict=state, safe_serialization=True)
+    if isinstance(tokenizer, Path):
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (tokenizer / name).exists():
+                shutil.copy(tokenizer / name, out_dir / name)
+    else:
+        save_tokenizer(tokenizer, out_dir)

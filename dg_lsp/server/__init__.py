@@ -1,0 +1,1 @@
+"""The pygls language server: thin async handlers over the engine."""

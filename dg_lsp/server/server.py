@@ -1,0 +1,357 @@
+"""The dg-lsp language server: inline completion, rewrite selection, drafts, configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+
+from dg_lsp import __version__
+from dg_lsp.config import ServerOptions, options_to_json, parse_options
+from dg_lsp.engine.denoiser import Cancelled
+from dg_lsp.engine.engine import Engine
+from dg_lsp.infill import complete, rewrite
+from dg_lsp.languages import detect_language
+from dg_lsp.model.loader import ModelLoadError
+from dg_lsp.server.drafts import DraftNotifier
+from dg_lsp.server.jobs import JobRunner
+from dg_lsp.server.model_manager import ModelManager, ModelSpec, ModelStatus, model_spec
+from dg_lsp.server.suggestions import SuggestionMemory
+from dg_lsp.special_tokens import LANGUAGES
+from dg_lsp.syntax import DocumentTree
+
+log = logging.getLogger(__name__)
+
+REWRITE_COMMAND = "dg.rewriteSelection"
+INFO_COMMAND = "dg.info"
+REWRITE_TITLE = "Rewrite selection (diffusion)"
+
+
+@dataclass
+class OpenDocument:
+    """An open document: its tree-sitter state and LSP version."""
+
+    tree: DocumentTree
+    version: int
+
+
+class DgServer(LanguageServer):
+    """pygls server holding the resident model, open documents and suggestion memory."""
+
+    def __init__(self, model_override: str | None = None) -> None:
+        super().__init__("dg-lsp", __version__, text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.options = ServerOptions()
+        self.model_override = model_override
+        self.models = ModelManager()
+        self.jobs = JobRunner()
+        self.documents: dict[str, OpenDocument] = {}
+        self.memory = SuggestionMemory()
+        self._announced: set[str] = set()
+        self._load_task: asyncio.Task[None] | None = None
+
+    # -- helpers ---------------------------------------------------------------------------
+    def document(self, uri: str) -> OpenDocument:
+        """The open document for ``uri``; unknown URIs are a clear request error."""
+        doc = self.documents.get(uri)
+        if doc is None:
+            raise JsonRpcInvalidParams(f"document {uri} is not open (send textDocument/didOpen first)")
+        return doc
+
+    def offset(self, doc: OpenDocument, position: types.Position, uri: str) -> int:
+        """The character offset of ``position``; positions past the last line are an error."""
+        lines = doc.tree.line_count
+        if position.line < 0 or position.character < 0 or position.line >= lines:
+            raise JsonRpcInvalidParams(
+                f"position {position.line}:{position.character} is outside {uri} ({lines} lines)"
+            )
+        return doc.tree.offset_at(position)
+
+    def announce(self, message: str, kind: types.MessageType = types.MessageType.Error) -> None:
+        """Show ``message`` to the user once per session."""
+        if message in self._announced:
+            return
+        self._announced.add(message)
+        self.window_show_message(types.ShowMessageParams(type=kind, message=f"dg-lsp: {message}"))
+
+    def wanted_spec(self) -> ModelSpec:
+        """The model the current options ask for."""
+        model = self.options.model or self.model_override or os.environ.get("DG_LSP_MODEL") or None
+        return model_spec(model, self.options.device, self.options.dtype, self.options.reuse_prompt_cache)
+
+    def apply_options(self, raw: Any) -> None:
+        """Parse and adopt options; report problems; reload the model if it changed."""
+        options, problems = parse_options(ServerOptions, raw)
+        for problem in problems:
+            self.announce(f"invalid setting {problem}", types.MessageType.Warning)
+        self.options = options
+        self.memory.cache_size = options.completion.cache_size
+
+    def start_model_load(self) -> None:
+        """Load the wanted model in the background unless it is already resident."""
+        spec = self.wanted_spec()
+        if self.models.spec == spec and self.models.status is ModelStatus.READY:
+            return
+        previous = self._load_task
+        self._load_task = asyncio.ensure_future(self._load(spec, previous))
+
+    async def _load(self, spec: ModelSpec, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        loop = asyncio.get_running_loop()
+        token = str(uuid.uuid4())
+        window = self.client_capabilities.window
+        progress = bool(window and window.work_done_progress)
+        if progress:
+            try:
+                await self.window_work_done_progress_create_async(types.WorkDoneProgressCreateParams(token=token))
+                self.work_done_progress.begin(
+                    token, types.WorkDoneProgressBegin(title="dg-lsp", message=f"loading {spec.path}", percentage=0)
+                )
+            except Exception:  # a client that refuses progress still gets a model
+                progress = False
+
+        def report(message: str, percent: int) -> None:
+            if progress:
+                value = types.WorkDoneProgressReport(message=message, percentage=percent)
+                loop.call_soon_threadsafe(self.work_done_progress.report, token, value)
+
+        try:
+            await self.jobs.run_exclusive(lambda: self.models.load(spec, report))
+            self.memory.clear()
+        except ModelLoadError as exc:
+            still = " (keeping the previous model)" if self.models.engine is not None else "; completions are off"
+            self.announce(f"could not load the model: {exc}{still}")
+        except Exception as exc:  # never let a load take the server down
+            log.exception("unexpected model load failure")
+            self.announce(f"could not load the model: {type(exc).__name__}: {exc}")
+            self.models.status = ModelStatus.READY if self.models.engine is not None else ModelStatus.FAILED
+        finally:
+            if progress:
+                self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=self.models.status.value))
+
+    async def engine(self) -> Engine | None:
+        """The resident engine, waiting for a load in progress; None if there is none."""
+        task = self._load_task
+        if task is not None and not task.done():
+            await asyncio.shield(task)
+        return self.models.engine
+
+    def info(self) -> dict[str, Any]:
+        """What ``dg.info`` returns."""
+        engine = self.models.engine
+        loaded = engine.loaded if engine is not None else None
+        stats = self.jobs.stats
+        return {
+            "version": __version__,
+            "status": self.models.status.value,
+            "error": self.models.error,
+            "model": loaded.name if loaded else None,
+            "modelPath": str(loaded.path) if loaded else str(self.wanted_spec().path),
+            "device": str(loaded.device) if loaded else None,
+            "dtype": str(loaded.dtype).removeprefix("torch.") if loaded else None,
+            "parameters": loaded.parameters if loaded else None,
+            "canvasLength": loaded.canvas_length if loaded else None,
+            "languages": [lang for lang in LANGUAGES if lang != "text"],
+            "loadSeconds": self.models.load_seconds,
+            "warmupSeconds": self.models.warmup_seconds,
+            "jobs": {
+                "submitted": stats.submitted,
+                "started": stats.started,
+                "completed": stats.completed,
+                "cancelled": stats.cancelled,
+                "failed": stats.failed,
+            },
+            "typeThroughHits": self.memory.type_through_hits,
+            "cacheHits": self.memory.cache_hits,
+            "options": options_to_json(self.options),
+        }
+
+    def send_notification(self, method: str, params: dict[str, Any]) -> None:
+        """Send a custom notification (called on the event loop)."""
+        self.protocol.notify(method, params)
+
+
+def _range_json(server: DgServer, range_: types.Range) -> Any:
+    return server.protocol._converter.unstructure(range_)
+
+
+def create_server(model_override: str | None = None) -> DgServer:
+    """Build the server with all features registered."""
+    server = DgServer(model_override)
+
+    @server.feature(types.INITIALIZED)
+    async def initialized(ls: DgServer, params: types.InitializedParams) -> None:
+        ls.start_model_load()
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: DgServer, params: types.InitializeParams) -> None:
+        ls.apply_options(params.initialization_options)
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    async def did_change_configuration(ls: DgServer, params: types.DidChangeConfigurationParams) -> None:
+        settings = params.settings
+        if isinstance(settings, dict) and "dgLsp" in settings:
+            settings = settings["dgLsp"]
+        ls.apply_options(settings)
+        ls.start_model_load()
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: DgServer, params: types.DidOpenTextDocumentParams) -> None:
+        item = params.text_document
+        language = detect_language(item.uri, item.language_id)
+        ls.documents[item.uri] = OpenDocument(DocumentTree(item.text, language), item.version)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: DgServer, params: types.DidChangeTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        doc = ls.documents.get(uri)
+        if doc is None:
+            log.warning("didChange for a document that is not open: %s", uri)
+            return
+        ls.jobs.cancel(f"complete:{uri}")
+        try:
+            doc.tree.apply_changes(params.content_changes)
+        except ValueError as exc:
+            # Resynchronise from pygls's copy rather than lose the document.
+            log.warning("bad change for %s (%s); resynchronising", uri, exc)
+            doc.tree.set_text(ls.workspace.get_text_document(uri).source)
+        doc.version = params.text_document.version
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: DgServer, params: types.DidCloseTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        ls.jobs.cancel(f"complete:{uri}")
+        ls.jobs.cancel(f"rewrite:{uri}")
+        ls.documents.pop(uri, None)
+        ls.memory.forget(uri)
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(
+        ls: DgServer, params: types.InlineCompletionParams
+    ) -> types.InlineCompletionList | None:
+        uri = params.text_document.uri
+        doc = ls.document(uri)
+        offset = ls.offset(doc, params.position, uri)
+        version, text = doc.version, doc.tree.text
+        at = types.Range(start=params.position, end=params.position)
+        known = ls.memory.lookup(uri, version, text, offset)
+        if known is not None:
+            return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=known, range=at)])
+        if not ls.options.completion.enabled:
+            return types.InlineCompletionList(items=[])
+        engine = await ls.engine()
+        if engine is None:
+            return types.InlineCompletionList(items=[])
+        options = ls.options.completion
+        notifier = DraftNotifier(
+            asyncio.get_running_loop(),
+            ls.send_notification,
+            {"uri": uri, "version": version, "requestId": ls.protocol.msg_id, "range": _range_json(ls, at)},
+            options.draft_interval_ms,
+        )
+        tree = doc.tree.tree.copy() if doc.tree.tree is not None else None
+        language = doc.tree.language or detect_language(uri, None)
+        try:
+            result = await ls.jobs.run(
+                f"complete:{uri}",
+                lambda cancelled: complete(engine, text, tree, language, offset, options, notifier, cancelled),
+            )
+        except Cancelled:
+            return types.InlineCompletionList(items=[])
+        current = ls.documents.get(uri)
+        if current is None or current.version != version or result is None:
+            return types.InlineCompletionList(items=[])
+        ls.memory.remember(uri, version, text, offset, result.text)
+        return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=result.text, range=at)])
+
+    @server.feature(
+        types.TEXT_DOCUMENT_CODE_ACTION,
+        types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.RefactorRewrite]),
+    )
+    def code_action(ls: DgServer, params: types.CodeActionParams) -> list[types.CodeAction]:
+        uri, range_ = params.text_document.uri, params.range
+        if uri not in ls.documents or range_.start == range_.end:
+            return []
+        command = types.Command(title=REWRITE_TITLE, command=REWRITE_COMMAND, arguments=[uri, range_])
+        return [types.CodeAction(title=REWRITE_TITLE, kind=types.CodeActionKind.RefactorRewrite, command=command)]
+
+    @server.command(INFO_COMMAND)
+    def info_command(ls: DgServer, *args: Any) -> dict[str, Any]:
+        return ls.info()
+
+    @server.command(REWRITE_COMMAND)
+    async def rewrite_command(ls: DgServer, *args: Any) -> dict[str, Any]:
+        return await _rewrite_selection(ls, args)
+
+    return server
+
+
+async def _rewrite_selection(ls: DgServer, args: tuple[Any, ...]) -> dict[str, Any]:
+    """``dg.rewriteSelection(uri, range, {apply})``: re-denoise the range, return (and apply) the edit."""
+    if len(args) < 2 or not isinstance(args[0], str):
+        raise JsonRpcInvalidParams(f"{REWRITE_COMMAND} takes (uri, range[, {{apply}}]), got {list(args)!r}")
+    uri = args[0]
+    try:
+        range_ = ls.protocol._converter.structure(args[1], types.Range)
+    except Exception as exc:
+        raise JsonRpcInvalidParams(f"{REWRITE_COMMAND}: invalid range {args[1]!r}") from exc
+    apply = True
+    if len(args) > 2 and isinstance(args[2], dict):
+        apply = bool(args[2].get("apply", True))
+    doc = ls.document(uri)
+    start, end = ls.offset(doc, range_.start, uri), ls.offset(doc, range_.end, uri)
+    if start >= end:
+        raise JsonRpcInvalidParams(f"{REWRITE_COMMAND}: the range is empty")
+    version, text = doc.version, doc.tree.text
+    reply: dict[str, Any] = {"uri": uri, "version": version, "range": _range_json(ls, range_)}
+    engine = await ls.engine()
+    if engine is None:
+        return {**reply, "text": None, "edit": None, "applied": False, "error": ls.models.error}
+    notifier = DraftNotifier(
+        asyncio.get_running_loop(),
+        ls.send_notification,
+        {"uri": uri, "version": version, "requestId": ls.protocol.msg_id, "range": reply["range"]},
+        ls.options.completion.draft_interval_ms,
+    )
+    language = doc.tree.language or detect_language(uri, None)
+    completion_options, rewrite_options = ls.options.completion, ls.options.rewrite
+    try:
+        result = await ls.jobs.run(
+            f"rewrite:{uri}",
+            lambda cancelled: rewrite(
+                engine, text, language, start, end, completion_options, rewrite_options, notifier, cancelled
+            ),
+        )
+    except Cancelled:
+        return {**reply, "text": None, "edit": None, "applied": False, "error": "cancelled"}
+    current = ls.documents.get(uri)
+    if current is None or current.version != version:
+        return {**reply, "text": None, "edit": None, "applied": False, "error": "the document changed; nothing applied"}
+    if result is None:
+        return {**reply, "text": None, "edit": None, "applied": False, "error": "the model proposed no change"}
+    edit_range = types.Range(start=doc.tree.position_at(result.edit_start), end=doc.tree.position_at(result.edit_end))
+    text_edit = types.TextEdit(range=edit_range, new_text=result.edit_text)
+    caps = ls.client_capabilities.workspace
+    if caps and caps.workspace_edit and caps.workspace_edit.document_changes:
+        identifier = types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version)
+        edit = types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(text_document=identifier, edits=[text_edit])])
+    else:
+        edit = types.WorkspaceEdit(changes={uri: [text_edit]})
+    applied = False
+    if apply and result.edit_start != result.edit_end or apply and result.edit_text:
+        response = await ls.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label=REWRITE_TITLE))
+        applied = bool(response.applied)
+    return {
+        **reply,
+        "text": result.new_text,
+        "edit": ls.protocol._converter.unstructure(edit),
+        "applied": applied,
+        "steps": result.result.steps,
+    }

@@ -1,0 +1,81 @@
+"""Test support: a tiny random-weight DiffusionGemma checkpoint, built deterministically.
+
+Used by the end-to-end tests and the editor tests, which need a real checkpoint directory
+(real config, safetensors weights, tokenizer) without shipping one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from dg_lsp.model.checkpoint import new_model, save_checkpoint
+from dg_lsp.model.geometry import GEOMETRIES
+
+_SAMPLE_CODE = """\
+def add(a, b):
+    return a + b
+
+class Stack:
+    def __init__(self):
+        self.items = []
+
+    def push(self, item):
+        self.items.append(item)
+
+function greet(name) {
+  return `hello ${name}`;
+}
+const xs = [1, 2, 3].map((x) => x * 2);
+fn main() { let v: Vec<i32> = vec![1, 2, 3]; println!("{:?}", v); }
+func Sum(xs []int) int { total := 0; for _, x := range xs { total += x }; return total }
+int main(void) { printf("%d\\n", 42); return 0; }
+local function f(t) for k, v in pairs(t) do print(k, v) end end
+if [ -f "$1" ]; then echo "exists"; fi
+"""
+
+
+def tiny_tokenizer(vocab_size: int = 512) -> Tokenizer:
+    """A byte-level BPE tokenizer trained in memory on a few lines of code (deterministic)."""
+    try:
+        from dg_lsp.train.tokenizer import train_tokenizer
+    except ImportError:  # TEMP until the tokenizer module lands
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        from dg_lsp.special_tokens import SPECIAL_TOKENS
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        tok.train_from_iterator([_SAMPLE_CODE] * 4, trainer)
+        return tok
+    return train_tokenizer([_SAMPLE_CODE] * 4, vocab_size=vocab_size)
+
+
+def build_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Write a tiny random-weight DiffusionGemma checkpoint (with tokenizer) into ``path``."""
+    geometry = GEOMETRIES["tiny"]
+    tokenizer = tiny_tokenizer(geometry.vocab_size)
+    model = new_model(geometry, tokenizer, seed)
+    save_checkpoint(model, tokenizer, path)
+    return path
+
+
+def main() -> None:
+    """``python -m dg_lsp.testing OUT_DIR``: build the tiny checkpoint."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(build_tiny_checkpoint(args.out, args.seed))
+
+
+if __name__ == "__main__":
+    main()
