@@ -39,24 +39,9 @@ if [ -f "$1" ]; then echo "exists"; fi
 
 def tiny_tokenizer(vocab_size: int = 512) -> Tokenizer:
     """A byte-level BPE tokenizer trained in memory on a few lines of code (deterministic)."""
-    try:
-        from dg_lsp.train.tokenizer import train_tokenizer
-    except ImportError:  # TEMP until the tokenizer module lands
-        from tokenizers import decoders, models, pre_tokenizers, trainers
+    from dg_lsp.train.tokenizer import train
 
-        from dg_lsp.special_tokens import SPECIAL_TOKENS
-
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=list(SPECIAL_TOKENS),
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        )
-        tok.train_from_iterator([_SAMPLE_CODE] * 4, trainer)
-        return tok
-    return train_tokenizer([_SAMPLE_CODE] * 4, vocab_size=vocab_size)
+    return train([_SAMPLE_CODE] * 4, vocab_size=vocab_size, min_frequency=1, show_progress=False)
 
 
 def build_tiny_checkpoint(path: Path, seed: int = 0) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -12,29 +11,6 @@ from transformers import DiffusionGemmaForBlockDiffusion
 
 from dg_lsp import special_tokens as st
 from dg_lsp.model.geometry import Geometry
-
-
-def tokenizer_config(model_max_length: int = 8192) -> dict[str, object]:
-    """``tokenizer_config.json`` contents that let transformers' AutoTokenizer load our tokenizer."""
-    return {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": model_max_length,
-        "bos_token": st.BOS,
-        "eos_token": st.EOS,
-        "pad_token": st.PAD,
-        "unk_token": st.UNK,
-        "additional_special_tokens": list(st.SPECIAL_TOKENS[4:]),
-        "clean_up_tokenization_spaces": False,
-    }
-
-
-def save_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> None:
-    """Save ``tokenizer.json`` plus the transformers side files into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(out_dir / "tokenizer.json"))
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2) + "\n")
-    special_map = {"bos_token": st.BOS, "eos_token": st.EOS, "pad_token": st.PAD, "unk_token": st.UNK}
-    (out_dir / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
 
 
 def new_model(geometry: Geometry, tokenizer: Tokenizer, seed: int) -> DiffusionGemmaForBlockDiffusion:
@@ -59,4 +35,6 @@ def save_checkpoint(
             if (tokenizer / name).exists():
                 shutil.copy(tokenizer / name, out_dir / name)
     else:
-        save_tokenizer(tokenizer, out_dir)
+        from dg_lsp.train.tokenizer import save
+
+        save(tokenizer, out_dir)

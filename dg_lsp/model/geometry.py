@@ -122,7 +122,7 @@ GEOMETRIES: dict[str, Geometry] = {
     "small": Geometry(
         vocab_size=8192,
         hidden_size=256,
-        num_hidden_layers=6,
+        num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=64,
@@ -130,9 +130,10 @@ GEOMETRIES: dict[str, Geometry] = {
         num_global_key_value_heads=2,
         intermediate_size=512,
         moe_intermediate_size=256,
-        num_experts=8,
-        top_k_experts=2,
+        num_experts=4,
+        top_k_experts=1,
         sliding_window=4096,
         sliding_pattern=3,
+        canvas_length=128,
     ),
 }
