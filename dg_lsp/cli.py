@@ -20,8 +20,8 @@ def _setup_logging(level: str, log_file: str | None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _read_source(path: Path) -> str:
@@ -100,7 +100,7 @@ def cmd_infill(args: argparse.Namespace) -> int:
     completion_options, _ = _options(args)
     result = complete(engine, doc.text, doc.tree, language, offset, completion_options)
     if args.json:
-        payload = {"text": result.text if result else "", "raw": result.raw if result else None}
+        payload: dict[str, object] = {"text": result.text if result else "", "raw": result.raw if result else None}
         if result:
             payload |= {"steps": result.result.steps, "kind": result.context.kind.name.lower()}
         print(json.dumps(payload))

@@ -15,6 +15,7 @@ import torch
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
 from dg_lsp.canvas import renoise
+from dg_lsp.model.typing import vocab_size
 from dg_lsp.engine.sampler import SamplerSettings, StableAndConfident, denoise_step
 
 
@@ -85,9 +86,9 @@ def denoise(
 ) -> DenoiseOutcome:
     """Denoise one canvas after the prompt held in ``cache``; raises :class:`Cancelled`."""
     device = model.device
-    vocab_size = int(model.config.text_config.vocab_size)
+    vocab = vocab_size(model)
     generator = torch.Generator(device=device).manual_seed(seed)
-    canvas, pinned, pinned_ids = _start_canvas(spec, vocab_size, generator, device)
+    canvas, pinned, pinned_ids = _start_canvas(spec, vocab, generator, device)
     positions = torch.arange(prompt_length, prompt_length + spec.length, device=device)[None, :]
     self_conditioning: torch.Tensor | None = None
     stopper = StableAndConfident(settings)
@@ -109,7 +110,7 @@ def denoise(
             logits.float(),
             canvas,
             remaining=settings.max_steps - step + 1,
-            vocab_size=vocab_size,
+            vocab_size=vocab,
             generator=generator,
             pinned=pinned,
             pinned_ids=pinned_ids,

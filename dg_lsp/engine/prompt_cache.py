@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
+from dg_lsp.model.typing import text_config
+
 
 @dataclass(frozen=True)
 class EncodeStats:
@@ -40,9 +42,9 @@ class PromptCache:
         self._reuse = reuse
         self._ids: list[int] = []
         self._cache: DynamicCache | None = None
-        text_config = model.config.text_config
-        self._window = int(text_config.sliding_window)
-        self._has_sliding = "sliding_attention" in text_config.layer_types
+        config = text_config(model)
+        self._window = int(config.sliding_window)
+        self._has_sliding = "sliding_attention" in (config.layer_types or [])
 
     @property
     def cache(self) -> DynamicCache:
@@ -73,7 +75,7 @@ class PromptCache:
             self._cache.crop(keep - len(self._ids))
         else:
             keep = 0
-            self._cache = DynamicCache(config=self._model.config.text_config)
+            self._cache = DynamicCache(config=text_config(self._model))
         tail = torch.tensor([list(prompt_ids[keep:])], dtype=torch.long, device=self._model.device)
         positions = torch.arange(keep, len(prompt_ids), device=self._model.device)[None, :]
         self._ids = []  # invalid until the encode below completes

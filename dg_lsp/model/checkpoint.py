@@ -18,7 +18,9 @@ def new_model(geometry: Geometry, tokenizer: Tokenizer, seed: int) -> DiffusionG
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     config = geometry.to_config(pad_id=vocab[st.PAD], eos_id=vocab[st.EOS], bos_id=vocab[st.BOS])
     torch.manual_seed(seed)
-    return DiffusionGemmaForBlockDiffusion(config).eval()
+    model = DiffusionGemmaForBlockDiffusion(config)
+    model.train(False)
+    return model
 
 
 def save_checkpoint(

@@ -73,9 +73,6 @@ class Geometry:
             text_config=text,
             vision_config=dict(TINY_VISION),
             canvas_length=self.canvas_length,
-            pad_token_id=pad_id,
-            eos_token_id=eos_id,
-            bos_token_id=bos_id,
         )
 
     def as_dict(self) -> dict[str, Any]:

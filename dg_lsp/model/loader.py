@@ -10,13 +10,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from tokenizers import Tokenizer
 from transformers import DiffusionGemmaForBlockDiffusion
 
 from dg_lsp.canvas import LayoutTokens, resolve_layout_tokens
+from dg_lsp.model.typing import vocab_size
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class LoadedModel:
     @property
     def vocab_size(self) -> int:
         """Size of the model's output vocabulary."""
-        return int(self.model.config.text_config.vocab_size)
+        return vocab_size(self.model)
 
     @property
     def canvas_length(self) -> int:
@@ -116,8 +117,11 @@ def load_model(path: Path, device: str = "auto", dtype: str = "auto") -> LoadedM
     except ValueError as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
     try:
-        model, info = DiffusionGemmaForBlockDiffusion.from_pretrained(
-            str(path), dtype=torch_dtype, output_loading_info=True, local_files_only=True
+        loaded, info = cast(
+            tuple[DiffusionGemmaForBlockDiffusion, dict[str, list[str]]],
+            DiffusionGemmaForBlockDiffusion.from_pretrained(
+                str(path), dtype=torch_dtype, output_loading_info=True, local_files_only=True
+            ),
         )
         missing = [key for key in info.get("missing_keys", []) if "vision" not in key]
         if missing:
@@ -125,14 +129,15 @@ def load_model(path: Path, device: str = "auto", dtype: str = "auto") -> LoadedM
         mismatched = info.get("mismatched_keys", [])
         if mismatched:
             raise ModelLoadError(f"{path}: weights do not match config.json (e.g. {mismatched[0]})")
-        model = model.to(target).eval()
+        model = loaded.to(target)  # type: ignore[arg-type]
+        model.train(False)
     except ModelLoadError:
         raise
     except Exception as exc:  # torch/safetensors/transformers raise many kinds; all mean "unusable"
         if _is_out_of_memory(exc):
             raise ModelLoadError(f"out of memory while loading {path} on {target}: {exc}") from exc
         raise ModelLoadError(f"could not load {path}: {type(exc).__name__}: {exc}") from exc
-    if int(model.config.text_config.vocab_size) < tokenizer.get_vocab_size(with_added_tokens=True):
+    if vocab_size(model) < tokenizer.get_vocab_size(with_added_tokens=True):
         raise ModelLoadError(f"{path}: tokenizer has more tokens than the model's vocabulary")
     parameters = sum(p.numel() for name, p in model.named_parameters() if "vision" not in name)
     log.info("loaded %s: %.1fM parameters on %s (%s)", path, parameters / 1e6, target, torch_dtype)

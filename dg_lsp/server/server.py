@@ -256,15 +256,18 @@ def create_server(model_override: str | None = None) -> DgServer:
             {"uri": uri, "version": version, "requestId": ls.protocol.msg_id, "range": _range_json(ls, at)},
             options.draft_interval_ms,
         )
-        tree = doc.tree.tree.copy() if doc.tree.tree is not None else None
+        snapshot = doc.tree.snapshot()  # parsed on the engine thread, not here
         language = doc.tree.language or detect_language(uri, None)
         try:
             result = await ls.jobs.run(
                 f"complete:{uri}",
-                lambda cancelled: complete(engine, text, tree, language, offset, options, notifier, cancelled),
+                lambda cancelled: complete(
+                    engine, text, snapshot.tree(), language, offset, options, notifier, cancelled
+                ),
             )
         except Cancelled:
             return types.InlineCompletionList(items=[])
+        snapshot.give_back()
         current = ls.documents.get(uri)
         if current is None or current.version != version or result is None:
             return types.InlineCompletionList(items=[])

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import tree_sitter
 from lsprotocol import types
 
-from dg_lsp.languages import has_grammar, new_parser
+from dg_lsp.languages import get_parser, has_grammar, new_parser
 from dg_lsp.syntax.offsets import (
     column_to_units,
     encode,
@@ -19,7 +19,7 @@ from dg_lsp.syntax.offsets import (
 )
 from dg_lsp.syntax.treeutil import count_errors
 
-__all__ = ["DocumentTree"]
+__all__ = ["DocumentTree", "TreeSnapshot"]
 
 _LONE_CR = re.compile(r"\r(?!\n)")
 
@@ -79,6 +79,16 @@ class DocumentTree:
             self._tree = self._parse(self._tree)
             self._dirty = False
         return self._tree
+
+    def snapshot(self) -> TreeSnapshot:
+        """The current state, to be parsed off the event loop (see :class:`TreeSnapshot`)."""
+        pending = self._tree.copy() if self._tree is not None else None
+        return TreeSnapshot(self, self._text, self._source, self.language, pending, self._dirty)
+
+    def adopt(self, snapshot: TreeSnapshot, tree: tree_sitter.Tree | None) -> None:
+        """Keep a tree parsed from ``snapshot`` if the document has not changed since."""
+        if snapshot.source is self._source and self._dirty and tree is not None:
+            self._tree, self._dirty, self._errors = tree, False, None
 
     @property
     def line_count(self) -> int:
@@ -274,6 +284,44 @@ class DocumentTree:
             return None
         byte = self.byte_offset(offset)
         return tree.root_node.descendant_for_byte_range(byte, byte)
+
+
+class TreeSnapshot:
+    """An immutable view of a document for a worker thread.
+
+    ``tree()`` reparses incrementally (with the calling thread's parser) only if the
+    document had unparsed edits, so a 5 MB file never blocks the event loop.
+    """
+
+    def __init__(
+        self,
+        owner: DocumentTree,
+        text: str,
+        source: bytes,
+        language: str | None,
+        pending: tree_sitter.Tree | None,
+        dirty: bool,
+    ) -> None:
+        self._owner = owner
+        self.text = text
+        self.source = source
+        self.language = language
+        self._pending = pending
+        self._dirty = dirty
+
+    def tree(self) -> tree_sitter.Tree | None:
+        """The parse of ``text`` (None without a grammar)."""
+        if self.language is None:
+            return None
+        if self._dirty or self._pending is None:
+            self._pending = get_parser(self.language).parse(self.source, self._pending)
+            self._dirty = False
+        return self._pending
+
+    def give_back(self) -> None:
+        """Hand the parsed tree to the document, if it is still current."""
+        if not self._dirty and self._pending is not None:
+            self._owner.adopt(self, self._pending.copy())
 
 
 def _decoded_len(chunk: bytes) -> int:

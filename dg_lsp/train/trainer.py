@@ -30,6 +30,7 @@ from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 from dg_lsp.canvas import LayoutTokens, renoise, resolve_layout_tokens
 from dg_lsp.model.checkpoint import new_model, save_checkpoint
 from dg_lsp.model.geometry import GEOMETRIES
+from dg_lsp.model.typing import text_config, vocab_size
 from dg_lsp.train.examples import Example, ExampleMaker, SourceFile, read_corpus
 
 #: Sampling weight of each language's files (by bytes, then scaled by this factor).
@@ -107,7 +108,7 @@ def diffusion_loss(
     n = canvas.shape[0]
     noise = config.min_noise + (1 - config.min_noise) * torch.rand(n, generator=generator, device=device)
     noisy = renoise(canvas, noise, vocab_size, generator)
-    cache = DynamicCache(config=model.config.text_config)
+    cache = DynamicCache(config=text_config(model))
     model.model.encoder(input_ids=prompt, attention_mask=prompt_mask, past_key_values=cache)
     use_sc = torch.rand(n, generator=generator, device=device) < config.self_conditioning_prob
     sc_logits = None
@@ -159,12 +160,12 @@ def save_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
 
 def evaluate(model: DiffusionGemmaForBlockDiffusion, held_out: list[list[Example]], layout: LayoutTokens, config: TrainConfig) -> float:
     """Mean diffusion loss on fixed held-out batches (fixed noise seed)."""
-    model.eval()
+    model.train(False)
     generator = torch.Generator(device=model.device).manual_seed(1234)
     total = 0.0
     with torch.no_grad():
         for group in held_out:
-            total += float(diffusion_loss(model, collate(group, layout.pad), int(model.config.text_config.vocab_size), config, generator))
+            total += float(diffusion_loss(model, collate(group, layout.pad), vocab_size(model), config, generator))
     model.train()
     return total / max(1, len(held_out))
 
@@ -188,7 +189,7 @@ def train(args: argparse.Namespace) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = new_model(GEOMETRIES[config.geometry], tokenizer, config.seed).to(device)
+    model = new_model(GEOMETRIES[config.geometry], tokenizer, config.seed).to(device)  # type: ignore[arg-type]
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
     step, tokens_seen, history = 0, 0, []
@@ -207,7 +208,7 @@ def train(args: argparse.Namespace) -> Path:
     held_out = list(_take(batches(maker.stream(held_files, language_weights(held_files), held_rng), config.batch_size), 4))
     stream = batches(maker.stream(train_files, language_weights(train_files), rng), config.batch_size)
     generator = torch.Generator(device=device).manual_seed(config.seed + step)
-    vocab = int(model.config.text_config.vocab_size)
+    vocab = vocab_size(model)
     deadline = time.monotonic() + args.minutes * 60
     last_save = time.monotonic()
     bar = tqdm(desc="train", unit="step", initial=step, total=config.total_steps, dynamic_ncols=True)
@@ -218,15 +219,15 @@ def train(args: argparse.Namespace) -> Path:
             group["lr"] = learning_rate(config, step)
         loss = diffusion_loss(model, batch, vocab, config, generator)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
         tokens_seen += batch.tokens
         rate = (tokens_seen - start_tokens) / max(1e-6, time.monotonic() - started)
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{rate:.0f}")
-        record: dict[str, Any] = {"step": step, "loss": float(loss), "tokens": tokens_seen}
+        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}")
+        record: dict[str, Any] = {"step": step, "loss": loss.item(), "tokens": tokens_seen}
         if step % args.eval_every == 0:
             record["eval_loss"] = evaluate(model, held_out, layout, config)
             bar.write(f"step {step}: eval loss {record['eval_loss']:.3f}")
@@ -239,8 +240,8 @@ def train(args: argparse.Namespace) -> Path:
     history.append({"step": step, "eval_loss": final_eval, "tokens": tokens_seen})
     save_state(out, model, optimizer, step, {"tokens": tokens_seen, "history": history, "config": asdict(config)})
     export = out / "model"
-    model.eval()
-    save_checkpoint(model.to(torch.bfloat16), args.tokenizer, export)
+    model.train(False)
+    save_checkpoint(model.to(dtype=torch.bfloat16), args.tokenizer, export)
     summary = {
         "steps": step,
         "tokens": tokens_seen,
