@@ -1,0 +1,106 @@
+"""MODEL_CARD.md for a trained model directory: architecture, data, training, evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+
+def _parameters(model_dir: Path) -> tuple[int, int]:
+    """(text-model parameters, stored parameters) counted from the safetensors files."""
+    total = text = 0
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                shape = handle.get_slice(key).get_shape()
+                count = 1
+                for dim in shape:
+                    count *= int(dim)
+                total += count
+                if "vision" not in key:
+                    text += count
+    return text, total
+
+
+def write_model_card(
+    model_dir: Path,
+    summary: dict[str, Any],
+    manifest: dict[str, Any],
+    command: str,
+    train_seconds: float | None,
+    evaluation: str | None = None,
+) -> Path:
+    """Write ``MODEL_CARD.md`` into ``model_dir``."""
+    geometry = summary.get("geometry", {})
+    config = summary.get("config", {})
+    text_params, stored = _parameters(model_dir)
+    languages = manifest.get("languages", {})
+    licenses = manifest.get("licenses", {})
+    registries = manifest.get("registries", {})
+    packages = manifest.get("packages", [])
+    lines = [
+        "# dg-code-small",
+        "",
+        "The embedded default model of dg-lsp: a small code-infilling model with the DiffusionGemma",
+        "architecture (`DiffusionGemmaForBlockDiffusion`, transformers 5.23), trained from scratch by",
+        "`dg_lsp.train` on permissively licensed source from PyPI, npm and Debian. Apache-2.0.",
+        "",
+        "## Architecture",
+        "",
+        f"- Text model parameters: {text_params / 1e6:.2f}M (stored tensors incl. the unused tiny vision tower: {stored / 1e6:.2f}M)",
+        *[f"- {key}: {value}" for key, value in geometry.items()],
+        "- Canvas layout: suffix-prefix-middle FIM in the encoder, middle + `<eom>` padding in the canvas"
+        " (`dg_lsp/canvas.py`); uniform-token renoising; self-conditioning.",
+        "",
+        "## Data",
+        "",
+        f"- {manifest.get('total_files', '?')} files, {manifest.get('total_bytes', 0) / 1e6:.1f} MB after filtering,"
+        f" exact-duplicate removal ({manifest.get('dedup', {}).get('exact_duplicates_dropped', '?')} dropped) and"
+        f" HumanEval decontamination ({manifest.get('decontamination', {}).get('dropped', '?')} files dropped).",
+        "- By language (MB): " + ", ".join(f"{k} {v['bytes'] / 1e6:.1f}" for k, v in sorted(languages.items())),
+        "- By registry (MB): " + ", ".join(f"{k} {v / 1e6:.1f}" for k, v in sorted(registries.items())),
+        "- By license (MB): " + ", ".join(f"{k} {v / 1e6:.1f}" for k, v in sorted(licenses.items(), key=lambda kv: -kv[1])),
+        f"- {len(packages)} packages; the full list with versions and licenses is in the corpus manifest"
+        " (`.work/corpus/manifest.json`, rebuilt by the command below).",
+        "",
+        "## Training",
+        "",
+        f"- Command: `{command}`",
+        f"- Steps: {summary.get('steps')}, tokens seen (context + canvas): {summary.get('tokens', 0) / 1e6:.2f}M",
+        f"- Wall time: {train_seconds / 60:.0f} min" if train_seconds else "- Wall time: see training log",
+        f"- Final held-out diffusion loss: {summary.get('final_eval_loss', float('nan')):.3f}",
+        "- Hyper-parameters: " + ", ".join(f"{k}={v}" for k, v in config.items()),
+        "",
+        "## Evaluation",
+        "",
+        evaluation or "See `benchmarks/RESULTS.md` (HumanEval single-line infilling through the LSP).",
+        "",
+    ]
+    path = model_dir / "MODEL_CARD.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main() -> None:
+    """Regenerate a model card: ``python -m dg_lsp.train.model_card MODEL_DIR --train DIR --corpus DIR``."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--train", type=Path, required=True)
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--command", required=True)
+    parser.add_argument("--minutes", type=float, default=None)
+    parser.add_argument("--evaluation", type=Path, default=None, help="markdown file with evaluation numbers")
+    args = parser.parse_args()
+    summary = json.loads((args.train / "train-summary.json").read_text())
+    manifest = json.loads((args.corpus / "manifest.json").read_text())
+    evaluation = args.evaluation.read_text() if args.evaluation else None
+    seconds = args.minutes * 60 if args.minutes else None
+    print(write_model_card(args.model_dir, summary, manifest, args.command, seconds, evaluation))
+
+
+if __name__ == "__main__":
+    main()
