@@ -314,7 +314,11 @@ class TreeSnapshot:
         if self.language is None:
             return None
         if self._dirty or self._pending is None:
-            self._pending = get_parser(self.language).parse(self.source, self._pending)
+            parser = get_parser(self.language)
+            if self._pending is None:
+                self._pending = parser.parse(self.source)
+            else:
+                self._pending = parser.parse(self.source, self._pending)
             self._dirty = False
         return self._pending
 
