@@ -434,8 +434,8 @@ def license_from_pypi_metadata(text: str) -> str:
     """License of a wheel ``METADATA`` / sdist ``PKG-INFO`` file.
 
     Preference: ``License-Expression`` (PEP 639), then a short ``License`` field, then
-    the license trove classifiers (several classifiers are OR-ed: the package is offered
-    under each), then a long ``License`` field treated as license text.
+    the license trove classifiers (several classifiers are AND-ed: they may describe parts
+    under different licenses), then a long ``License`` field treated as license text.
     """
     msg = email.parser.Parser().parsestr(text, headersonly=True)
     expr = msg.get("License-Expression")
@@ -450,11 +450,14 @@ def license_from_pypi_metadata(text: str) -> str:
     for c in msg.get_all("Classifier") or []:
         if c.startswith("License ::"):
             leaf = c.split("::")[-1].strip()
+            if leaf.lower() == "osi approved":
+                continue  # the bare "License :: OSI Approved" parent names no license
             norm = _CLASSIFIERS.get(leaf.lower()) or normalize_id(leaf)
-            if norm != UNKNOWN and norm not in found:
+            if norm not in found:  # an unrecognised classifier makes the whole thing UNKNOWN
                 found.append(norm)
     if found:
-        return " OR ".join(found) if len(found) > 1 else found[0]
+        # Several classifiers may mean "parts under each" as well as a choice: be strict.
+        return " AND ".join(found) if len(found) > 1 else found[0]
     if lic:
         return license_from_text(lic)
     return UNKNOWN

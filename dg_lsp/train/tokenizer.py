@@ -129,6 +129,23 @@ def save(tok: Tokenizer, out_dir: Path, model_max_length: int = 4096) -> None:
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n", encoding="utf-8")
 
 
+def load(out_dir: Path) -> Any:
+    """The saved tokenizer as a ``transformers.PreTrainedTokenizerFast`` with pad/eos/bos/unk
+    and the other special tokens set (``AutoTokenizer.from_pretrained(out_dir)`` works too;
+    a bare ``PreTrainedTokenizerFast(tokenizer_file=...)`` needs these keyword arguments)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_file=str(Path(out_dir) / "tokenizer.json"),
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in (PAD, EOS, BOS, UNK)],
+        clean_up_tokenization_spaces=False,
+    )
+
+
 def iter_corpus(path: Path) -> Iterator[dict[str, Any]]:
     with open(path, encoding="utf-8") as fh:
         for line in fh:

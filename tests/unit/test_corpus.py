@@ -60,6 +60,12 @@ def test_license_sources() -> None:
     assert licenses.license_from_pypi_metadata(meta) == "BSD-3-Clause"
     meta2 = "Metadata-Version: 2.4\nName: x\nLicense-Expression: MIT OR Apache-2.0\n\n"
     assert licenses.license_from_pypi_metadata(meta2) == "MIT OR Apache-2.0"
+    both = meta.replace("\n\n", "\nClassifier: License :: OSI Approved :: GNU General Public License (GPL)\n\n")
+    assert not licenses.is_permissive(licenses.license_from_pypi_metadata(both))
+    afl = meta.replace("\n\n", "\nClassifier: License :: OSI Approved :: Academic Free License (AFL)\n\n")
+    assert licenses.license_from_pypi_metadata(afl) == "BSD-3-Clause AND UNKNOWN"
+    osi = meta.replace("\n\n", "\nClassifier: License :: OSI Approved\n\n")
+    assert licenses.license_from_pypi_metadata(osi) == "BSD-3-Clause"
     meta3 = "Metadata-Version: 2.1\nName: x\nLicense: GPLv3\n\n"
     assert not licenses.is_permissive(licenses.license_from_pypi_metadata(meta3))
     assert licenses.license_from_npm({"license": "ISC"}) == "ISC"

@@ -113,6 +113,11 @@ def test_saved_files_and_autotokenizer(trained: tuple[Tokenizer, Path]) -> None:
     assert auto.decode(ids) == PY
     fast = PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
     assert fast.convert_tokens_to_ids("<fim_middle>") == SPECIAL_TOKENS.index("<fim_middle>")
+    loaded = tk.load(out)
+    assert (loaded.pad_token_id, loaded.eos_token_id, loaded.bos_token_id, loaded.unk_token_id) == (0, 1, 2, 3)
+    assert loaded.decode(loaded(JS)["input_ids"]) == JS
+    pretrained = PreTrainedTokenizerFast.from_pretrained(str(out))
+    assert (pretrained.pad_token_id, pretrained.eos_token_id) == (0, 1)
 
 
 def test_sample_and_compression(tmp_path: Path, trained: tuple[Tokenizer, Path]) -> None:
