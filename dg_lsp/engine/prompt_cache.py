@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
+from transformers.cache_utils import DynamicSlidingWindowLayer
 
 from dg_lsp.model.typing import text_config
 
@@ -35,32 +36,66 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class PromptCache:
-    """One encoder KV cache for the resident model, reused across requests."""
+    """One encoder KV cache for the resident model, reused across requests.
+
+    Sliding-window layers record their whole past (``activate_past_recording``) so the cache
+    can be cut back to any common prefix; the decoder gets a view in which those layers
+    show only the last ``sliding_window - 1`` states, exactly what a fresh cache would hold.
+    """
 
     def __init__(self, model: DiffusionGemmaForBlockDiffusion, reuse: bool = True) -> None:
         self._model = model
         self._reuse = reuse
         self._ids: list[int] = []
         self._cache: DynamicCache | None = None
-        config = text_config(model)
-        self._window = int(config.sliding_window)
-        self._has_sliding = "sliding_attention" in (config.layer_types or [])
+        self._view: DynamicCache | None = None
+        self._config = text_config(model)
+        self._window = int(self._config.sliding_window)
 
     @property
     def cache(self) -> DynamicCache:
-        """The cache holding the last encoded prompt."""
+        """The decoder's read-only view of the last encoded prompt."""
         if self._cache is None:
             raise RuntimeError("no prompt has been encoded yet")
-        return self._cache
+        if self._view is None:
+            self._view = self._decoder_view(self._cache)
+        return self._view
 
     def clear(self) -> None:
         """Forget everything (e.g. after a model swap or an interrupted encode)."""
         self._ids = []
         self._cache = None
+        self._view = None
 
-    def _reusable(self, keep: int) -> bool:
-        # A sliding-window layer that has dropped old states cannot be rolled back.
-        return self._reuse and self._cache is not None and not (self._has_sliding and len(self._ids) >= self._window)
+    def _new_cache(self) -> DynamicCache:
+        cache = DynamicCache(config=self._config)
+        for layer in cache.layers:
+            if isinstance(layer, DynamicSlidingWindowLayer):
+                layer.activate_past_recording()
+        return cache
+
+    def _decoder_view(self, cache: DynamicCache) -> DynamicCache:
+        keep = self._window - 1
+        if not any(isinstance(l, DynamicSlidingWindowLayer) and l.keys.shape[-2] > keep for l in cache.layers):
+            return cache
+        view = DynamicCache(config=self._config)
+        for mine, theirs in zip(view.layers, cache.layers, strict=True):
+            mine.lazy_initialization(theirs.keys, theirs.values)
+            sliding = isinstance(theirs, DynamicSlidingWindowLayer)
+            mine.keys = theirs.keys[..., -keep:, :] if sliding else theirs.keys
+            mine.values = theirs.values[..., -keep:, :] if sliding else theirs.values
+            if isinstance(mine, DynamicSlidingWindowLayer) and sliding:
+                mine.cumulative_length = theirs.cumulative_length
+        return view
+
+    def _crop(self, cache: DynamicCache, keep: int) -> None:
+        for layer in cache.layers:
+            if not layer.is_initialized:
+                continue
+            layer.keys = layer.keys[..., :keep, :]
+            layer.values = layer.values[..., :keep, :]
+            if isinstance(layer, DynamicSlidingWindowLayer):
+                layer.cumulative_length = keep
 
     @torch.inference_mode()
     def encode(self, prompt_ids: Sequence[int]) -> EncodeStats:
@@ -70,15 +105,15 @@ class PromptCache:
             return EncodeStats(len(prompt_ids), keep, 0)
         # Re-encode at least the last token: the decoder needs the cache to end at the prompt's end.
         keep = min(keep, len(prompt_ids) - 1)
-        if keep > 0 and self._reusable(keep):
-            assert self._cache is not None
-            self._cache.crop(keep - len(self._ids))
+        if keep > 0 and self._reuse and self._cache is not None:
+            cache = self._cache
+            self._crop(cache, keep)
         else:
             keep = 0
-            self._cache = DynamicCache(config=text_config(self._model))
+            cache = self._new_cache()
+        self._cache, self._view, self._ids = cache, None, []  # invalid until the encode completes
         tail = torch.tensor([list(prompt_ids[keep:])], dtype=torch.long, device=self._model.device)
         positions = torch.arange(keep, len(prompt_ids), device=self._model.device)[None, :]
-        self._ids = []  # invalid until the encode below completes
-        self._model.model.encoder(input_ids=tail, past_key_values=self._cache, position_ids=positions)
+        self._model.model.encoder(input_ids=tail, past_key_values=cache, position_ids=positions)
         self._ids = list(prompt_ids)
         return EncodeStats(len(prompt_ids), keep, len(prompt_ids) - keep)
