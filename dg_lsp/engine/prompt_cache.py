@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
-from transformers.cache_utils import DynamicSlidingWindowLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from dg_lsp.model.typing import text_config
 
@@ -24,6 +25,19 @@ class EncodeStats:
     prompt_tokens: int
     reused_tokens: int
     encoded_tokens: int
+
+
+def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+    return [cast(DynamicLayer, layer) for layer in cache.layers]
+
+
+def _tensors(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    assert layer.keys is not None and layer.values is not None
+    return layer.keys, layer.values
+
+
+def _length(layer: DynamicLayer) -> int:
+    return int(layer.keys.shape[-2]) if layer.keys is not None else 0
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -69,31 +83,33 @@ class PromptCache:
 
     def _new_cache(self) -> DynamicCache:
         cache = DynamicCache(config=self._config)
-        for layer in cache.layers:
+        for layer in _layers(cache):
             if isinstance(layer, DynamicSlidingWindowLayer):
-                layer.activate_past_recording()
+                layer.activate_past_recording()  # type: ignore[no-untyped-call]
         return cache
 
     def _decoder_view(self, cache: DynamicCache) -> DynamicCache:
         keep = self._window - 1
-        if not any(isinstance(l, DynamicSlidingWindowLayer) and l.keys.shape[-2] > keep for l in cache.layers):
+        layers = _layers(cache)
+        if not any(isinstance(l, DynamicSlidingWindowLayer) and _length(l) > keep for l in layers):
             return cache
         view = DynamicCache(config=self._config)
-        for mine, theirs in zip(view.layers, cache.layers, strict=True):
-            mine.lazy_initialization(theirs.keys, theirs.values)
-            sliding = isinstance(theirs, DynamicSlidingWindowLayer)
-            mine.keys = theirs.keys[..., -keep:, :] if sliding else theirs.keys
-            mine.values = theirs.values[..., -keep:, :] if sliding else theirs.values
-            if isinstance(mine, DynamicSlidingWindowLayer) and sliding:
-                mine.cumulative_length = theirs.cumulative_length
+        for mine, theirs in zip(_layers(view), layers, strict=True):
+            keys, values = _tensors(theirs)
+            if isinstance(theirs, DynamicSlidingWindowLayer):
+                keys, values = keys[..., -keep:, :], values[..., -keep:, :]
+                if isinstance(mine, DynamicSlidingWindowLayer):
+                    mine.cumulative_length = theirs.cumulative_length
+            mine.lazy_initialization(keys, values)
+            mine.keys, mine.values = keys, values
         return view
 
     def _crop(self, cache: DynamicCache, keep: int) -> None:
-        for layer in cache.layers:
+        for layer in _layers(cache):
             if not layer.is_initialized:
                 continue
-            layer.keys = layer.keys[..., :keep, :]
-            layer.values = layer.values[..., :keep, :]
+            keys, values = _tensors(layer)
+            layer.keys, layer.values = keys[..., :keep, :], values[..., :keep, :]
             if isinstance(layer, DynamicSlidingWindowLayer):
                 layer.cumulative_length = keep
 
