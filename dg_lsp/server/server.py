@@ -216,6 +216,7 @@ def create_server(model_override: str | None = None) -> DgServer:
             log.warning("didChange for a document that is not open: %s", uri)
             return
         ls.jobs.cancel(f"complete:{uri}")
+        ls.jobs.cancel(f"rewrite:{uri}")  # its result could not be applied any more
         try:
             doc.tree.apply_changes(params.content_changes)
         except ValueError as exc:
