@@ -101,6 +101,11 @@ class Engine:
         seed_ids = self._ids(request.seed_text) if request.seed_text is not None else None
         needed = len(seed_ids) + max(8, len(seed_ids) // 4) if seed_ids is not None else 0
         length = canvas_length_for(request.kind, min(request.max_canvas, self.loaded.canvas_length), needed)
+        if seed_ids is not None and len(seed_ids) >= length:
+            raise ValueError(
+                f"the selection is {len(seed_ids)} tokens; this model's canvas holds at most {length - 1}: "
+                "select less text"
+            )
         spec = CanvasSpec(
             length=length,
             seed_ids=canvas_target(layout, seed_ids, length) if seed_ids is not None else None,

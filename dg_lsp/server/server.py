@@ -335,6 +335,8 @@ async def _rewrite_selection(ls: DgServer, args: tuple[Any, ...]) -> dict[str, A
         )
     except Cancelled:
         return {**reply, "text": None, "edit": None, "applied": False, "error": "cancelled"}
+    except ValueError as exc:
+        raise JsonRpcInvalidParams(f"{REWRITE_COMMAND}: {exc}") from exc
     current = ls.documents.get(uri)
     if current is None or current.version != version:
         return {**reply, "text": None, "edit": None, "applied": False, "error": "the document changed; nothing applied"}

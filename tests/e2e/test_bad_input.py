@@ -246,3 +246,16 @@ async def test_model_swap_by_configuration(client: LanguageClient) -> None:
     after = await inline(client, URI, 1, 11)
     assert before is not None and after is not None
     assert [i.insert_text for i in before.items] != [i.insert_text for i in after.items]
+
+
+async def test_rewrite_longer_than_the_canvas_is_refused_and_changes_nothing(client: LanguageClient) -> None:
+    await start(client, session_options())
+    text = "values = [\n" + "".join(f"    {i},\n" for i in range(400)) + "]\n"
+    open_document(client, URI, text)
+    selected = {"start": {"line": 1, "character": 0}, "end": {"line": 400, "character": 0}}
+    with pytest.raises(JsonRpcException, match="select less text"):
+        await client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command="dg.rewriteSelection", arguments=[URI, selected])
+        )
+    assert client.recorder.edits == []  # type: ignore[attr-defined]
+    await alive(client)
