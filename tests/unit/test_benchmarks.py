@@ -1,0 +1,133 @@
+"""Smoke tests of the benchmarks: each one's core on the tiny model with minimal sizes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import common, engine_bench, lsp_latency  # noqa: E402
+
+
+def test_percentile_matches_linear_interpolation() -> None:
+    assert common.percentile([3.0], 95) == 3.0
+    assert common.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert common.percentile([4.0, 1.0, 3.0, 2.0], 100) == 4.0
+    assert math.isclose(common.percentile(list(map(float, range(1, 101))), 95), 95.05)
+    assert math.isnan(common.percentile([], 50))
+    stats = common.summarize([10.0, 20.0, 30.0])
+    assert stats["count"] == 3 and stats["p50"] == 20.0 and stats["mean"] == 20.0
+
+
+def test_offsets_and_end_position() -> None:
+    text = "ab\n\U0001f600x\n"
+    assert common.offset_at(text, 0, 1) == 1
+    assert common.offset_at(text, 1, 2) == 4  # the emoji is two UTF-16 units
+    assert common.end_position(text) == (2, 0)
+    assert common.end_position("a\nxyz") == (1, 3)
+
+
+def test_cases_remove_the_expected_middle() -> None:
+    cursors = common.load_cursors()
+    cases = lsp_latency.inline_cases(["python/shapes.py"], ["REST_OF_LINE"], None)
+    assert [c.kind for c in cases] == ["REST_OF_LINE"] * len(cases) and cases
+    full = (common.FIXTURES_DIR / "python/shapes.py").read_text(encoding="utf-8")
+    for case in cases:
+        expected = cursors["python/shapes.py"][case.index]["expected"]
+        assert len(case.text) == len(full) - len(expected)
+        start = common.offset_at(full, case.line, case.character)
+        assert case.text == full[:start] + full[start + len(expected) :]
+    ranges = lsp_latency.rewrite_ranges(full, 3)
+    assert [lines for _, lines in ranges] == [1, 2, 3]
+    for range_, _ in ranges:
+        assert (range_["end"]["line"], range_["end"]["character"]) > (range_["start"]["line"], 0)
+
+
+@pytest.mark.timeout(300)
+def test_lsp_latency_smoke(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out, png = tmp_path / "lsp.json", tmp_path / "lsp.png"
+    code = lsp_latency.main(
+        [
+            "--model", str(tiny_model_dir),
+            "--languages", "python",
+            "--kinds", "REST_OF_LINE,BLOCK",
+            "--max-cursors", "1",
+            "--reps", "2",
+            "--rewrite-ranges", "1",
+            "--rewrite-reps", "1",
+            "--completion", json.dumps({"maxSteps": 2, "parseCheck": False}),
+            "--json", str(out),
+            "--plot", str(png),
+            "--no-progress",
+        ]
+    )
+    assert code == 0 and png.stat().st_size > 0
+    report = json.loads(out.read_text())
+    summary = report["summary_ms"]
+    assert summary["inline (all kinds)"]["count"] == 4  # 2 cursors x 2 reps
+    assert summary["inline single-line (REST_OF_LINE+LINE)"]["count"] == 2
+    assert summary["rewrite (all ranges)"]["count"] == 1
+    assert all(s["ms"] > 0 for s in report["samples"])
+    assert report["server"]["modelPath"] == str(tiny_model_dir)
+    assert report["server_counters"]["cacheHits"] == 0  # the edits kept the completion cache out
+    assert report["server_counters"]["jobs"]["completed"] >= 5
+    assert report["target"]["single_line_p50_ms"] is not None
+    assert "### Editor latency over LSP" in lsp_latency.markdown_block(report)
+
+
+@pytest.mark.timeout(300)
+def test_engine_bench_smoke(tmp_path: Path) -> None:
+    out, png = tmp_path / "engine.json", tmp_path / "engine.png"
+    code = engine_bench.main(
+        [
+            "--geometry", "tiny",
+            "--device", "cpu",
+            "--steps", "3",
+            "--canvas", "16",
+            "--context", "32",
+            "--contexts", "32,64,100000",
+            "--reps", "1",
+            "--typing-tokens", "96",
+            "--keystrokes", "2",
+            "--json", str(out),
+            "--plot", str(png),
+            "--quiet",
+        ]
+    )
+    assert code == 0 and png.stat().st_size > 0
+    report = json.loads(out.read_text())
+    paths = report["paths"]
+    for key in ("stock_dynamic", "engine_sampled", "engine_greedy"):
+        assert paths[key]["steps_run"] == 3
+        assert paths[key]["canvas_ms"] > 0 and paths[key]["tokens_per_s"] > 0
+    assert "skipped" in paths["stock_static"]  # CUDA only
+    assert report["settings"]["canvas"] == 16
+    assert report["headline"]["engine_greedy_over_stock_dynamic_per_step"] is not None
+    assert report["prefill_ms"]["32"]["stock"] > 0 and report["prefill_ms"]["32"]["engine"] > 0
+    assert "skipped" in report["prefill_ms"]["100000"]  # beyond the tiny geometry's positions
+    typing = report["typing"]
+    assert typing["keystrokes"] == 2 and typing["file_tokens"] <= 96
+    assert typing["reuse"]["reused_tokens_mean"] > 0 and typing["no_reuse"]["reused_tokens_mean"] == 0
+    assert typing["reuse"]["encoded_tokens_mean"] < typing["no_reuse"]["encoded_tokens_mean"]
+    assert "### Engine vs stock" in engine_bench.markdown_block(report)
+
+
+def test_random_model_ties_encoder_and_decoder() -> None:
+    import torch
+
+    subject = engine_bench.random_model("tiny", torch.device("cpu"), torch.float32, seed=0)
+    model = subject.model
+    encoder_layer = model.model.encoder.language_model.layers[0]
+    decoder_layer = model.model.decoder.layers[0]
+    assert encoder_layer.self_attn.q_proj.weight is decoder_layer.self_attn.q_proj.weight
+    assert model.lm_head.weight is model.model.decoder.embed_tokens.weight
+    assert not any(p.is_meta for p in model.parameters()) and not any(b.is_meta for b in model.buffers())
+    assert os.environ.get("DG_LSP_TEST_MODEL")  # conftest built the tiny checkpoint
