@@ -29,7 +29,7 @@ import torch
 
 from dg_lsp import special_tokens as st
 
-#: Canvas lengths the engine compiles/uses; every request is padded up to one of them.
+#: The fixed canvas lengths (gpt-fast style fixed shapes): every request is padded up to one of them.
 CANVAS_LENGTHS: tuple[int, ...] = (32, 64, 128, 256)
 
 

@@ -64,7 +64,7 @@ def _position(doc, line: int, col: int) -> int:  # type: ignore[no-untyped-def]
     from lsprotocol import types
 
     if line < 0 or col < 0 or line >= doc.line_count:
-        raise SystemExit(f"dg-lsp: position {line}:{col} is outside the file ({doc.line_count} lines)")
+        raise SystemExit(f"dg-lsp: position {line + 1}:{col + 1} is outside the file ({doc.line_count} lines)")
     return int(doc.offset_at(types.Position(line=line, character=col)))
 
 

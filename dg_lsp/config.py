@@ -102,7 +102,7 @@ def parse_options(cls: type[T], raw: Any, path: str = "") -> tuple[T, list[str]]
     if raw is None:
         return cls(), problems
     if not isinstance(raw, Mapping):
-        return cls(), [f"{path or 'options'}: expected an object, got {type(raw).__name__}; using defaults"]
+        return cls(), [f"{path.rstrip('.') or 'options'}: expected an object, got {type(raw).__name__}; using defaults"]
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values: dict[str, Any] = {}

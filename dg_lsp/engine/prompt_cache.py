@@ -117,7 +117,7 @@ class PromptCache:
     def encode(self, prompt_ids: Sequence[int]) -> EncodeStats:
         """Make the cache hold exactly ``prompt_ids``, encoding as little as possible."""
         keep = common_prefix_length(self._ids, prompt_ids)
-        if keep == len(prompt_ids) == len(self._ids) and self._cache is not None:
+        if self._reuse and keep == len(prompt_ids) == len(self._ids) and self._cache is not None:
             return EncodeStats(len(prompt_ids), keep, 0)
         # Re-encode at least the last token: the decoder needs the cache to end at the prompt's end.
         keep = min(keep, len(prompt_ids) - 1)

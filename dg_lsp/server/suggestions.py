@@ -39,8 +39,10 @@ class SuggestionMemory:
 
     def lookup(self, uri: str, version: int, text: str, offset: int) -> str | None:
         """A suggestion for this request without running the model, or None."""
-        cached = self._cache.get((uri, version, offset))
+        key = (uri, version, offset)
+        cached = self._cache.get(key)
         if cached is not None:
+            self._cache.move_to_end(key)
             self.cache_hits += 1
             return cached
         shown = self._shown.get(uri)

@@ -1,0 +1,289 @@
+"""The engine on the tiny random-weight checkpoint: determinism, drafts, cancellation, seeding, budgets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from dg_lsp.canvas import HoleKind, canvas_target, encoder_ids
+from dg_lsp.engine.denoiser import CanvasSpec, Cancelled, Draft, _start_canvas, denoise
+from dg_lsp.engine.engine import Engine, InfillRequest
+from dg_lsp.engine.prompt_cache import PromptCache
+from dg_lsp.engine.sampler import SamplerSettings
+from dg_lsp.model.loader import load_model
+
+VOCAB = 512
+STEPS = 3
+
+REQUEST = InfillRequest(
+    prefix="def add(a, b):\n    return ",
+    suffix="\n\nprint(add(1, 2))\n",
+    language="python",
+    kind=HoleKind.REST_OF_LINE,
+    settings=SamplerSettings(max_steps=STEPS),
+    seed=0,
+)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Engine:
+    return Engine(load_model(tiny_model_dir, "cpu", "float32"))
+
+
+@pytest.fixture
+def decoder_inputs(engine: Engine) -> Iterator[list[torch.Tensor]]:
+    """Every canvas the decoder is run on, in order."""
+    seen: list[torch.Tensor] = []
+
+    def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        seen.append(kwargs["decoder_input_ids"].clone())
+
+    handle = engine.loaded.model.model.decoder.register_forward_pre_hook(hook, with_kwargs=True)
+    yield seen
+    handle.remove()
+
+
+# --- determinism ----------------------------------------------------------------------------
+
+
+def test_infill_is_deterministic_for_a_seed(engine: Engine) -> None:
+    first = engine.infill(REQUEST)
+    second = engine.infill(REQUEST)  # the prompt cache is reused this time
+    assert second.encode.encoded_tokens == 0
+    assert (first.text, first.steps, first.middle_tokens, first.ended) == (
+        second.text,
+        second.steps,
+        second.middle_tokens,
+        second.ended,
+    )
+    assert first.canvas_length == second.canvas_length == 32
+    assert 1 <= first.steps <= STEPS
+    assert first.middle_tokens <= first.canvas_length
+
+
+def test_different_seeds_differ(engine: Engine) -> None:
+    drafts: dict[int, list[str]] = {0: [], 1: []}
+    results = {
+        seed: engine.infill(replace(REQUEST, seed=seed), on_draft=lambda text, *_, seed=seed: drafts[seed].append(text))
+        for seed in (0, 1)
+    }
+    assert results[0].text != results[1].text
+    assert drafts[0] != drafts[1]
+
+
+# --- drafts ----------------------------------------------------------------------------------
+
+
+def test_a_draft_is_delivered_after_every_step(engine: Engine) -> None:
+    drafts: list[tuple[str, int, int, bool]] = []
+    request = replace(REQUEST, settings=SamplerSettings(max_steps=4))
+    result = engine.infill(request, on_draft=lambda text, step, max_steps, final: drafts.append((text, step, max_steps, final)))
+    assert [step for _, step, _, _ in drafts] == list(range(1, result.steps + 1))
+    assert [final for *_, final in drafts] == [False] * (result.steps - 1) + [True]
+    assert {max_steps for _, _, max_steps, _ in drafts} == {4}
+    assert drafts[-1][0] == result.text
+    assert all(isinstance(text, str) for text, *_ in drafts)
+
+
+def test_drafts_through_the_denoiser_are_canvases(engine: Engine) -> None:
+    cache = PromptCache(engine.loaded.model)
+    prompt = engine.prompt_ids(REQUEST)
+    cache.encode(prompt)
+    drafts: list[Draft] = []
+    settings = SamplerSettings(max_steps=3)
+    outcome = denoise(engine.loaded.model, cache.cache, len(prompt), CanvasSpec(length=16), settings, 0, drafts.append)
+    assert [d.step for d in drafts] == list(range(1, outcome.steps + 1))
+    assert drafts[-1].final and not any(d.final for d in drafts[:-1])
+    assert all(len(d.canvas) == 16 and d.max_steps == 3 for d in drafts)
+    assert drafts[-1].canvas == outcome.canvas
+    assert len(outcome.step_ms) == outcome.steps
+
+
+# --- cancellation ----------------------------------------------------------------------------
+
+
+def test_cancellation_stops_within_one_step(engine: Engine, decoder_inputs: list[torch.Tensor]) -> None:
+    steps_seen: list[int] = []
+    request = replace(REQUEST, settings=SamplerSettings(max_steps=8))
+    with pytest.raises(Cancelled):
+        engine.infill(
+            request,
+            on_draft=lambda text, step, max_steps, final: steps_seen.append(step),
+            cancelled=lambda: len(steps_seen) >= 2,
+        )
+    # The flag turned true after the second step's draft: no third decoder call was made.
+    assert steps_seen == [1, 2]
+    assert len(decoder_inputs) == 2
+
+
+def test_cancelled_before_the_first_step_runs_no_decoder(engine: Engine, decoder_inputs: list[torch.Tensor]) -> None:
+    drafts: list[int] = []
+    with pytest.raises(Cancelled):
+        engine.infill(REQUEST, on_draft=lambda text, step, *_: drafts.append(step), cancelled=lambda: True)
+    assert drafts == []
+    assert decoder_inputs == []
+
+
+def test_engine_still_works_after_a_cancellation(engine: Engine) -> None:
+    expected = engine.infill(REQUEST)
+    with pytest.raises(Cancelled):
+        engine.infill(REQUEST, cancelled=lambda: True)
+    assert engine.infill(REQUEST).text == expected.text
+
+
+# --- seeded canvases ---------------------------------------------------------------------------
+
+
+def test_start_canvas_from_seed_without_noise() -> None:
+    seed_ids = [100, 101, 102, 103, 104]
+    spec = CanvasSpec(length=8, seed_ids=seed_ids, seed_noise=0.0)
+    start, pinned, pinned_ids = _start_canvas(spec, VOCAB, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert start.shape == (1, 8)
+    assert start[0, :5].tolist() == seed_ids
+    assert all(0 <= t < VOCAB for t in start[0, 5:].tolist())
+    assert pinned is None and pinned_ids is None
+
+
+def test_start_canvas_truncates_a_long_seed() -> None:
+    spec = CanvasSpec(length=4, seed_ids=list(range(100, 110)), seed_noise=0.0)
+    start, _, _ = _start_canvas(spec, VOCAB, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert start.tolist() == [[100, 101, 102, 103]]
+
+
+def test_start_canvas_without_seed_is_seeded_noise() -> None:
+    spec = CanvasSpec(length=64)
+    a, _, _ = _start_canvas(spec, VOCAB, torch.Generator().manual_seed(5), torch.device("cpu"))
+    b, _, _ = _start_canvas(spec, VOCAB, torch.Generator().manual_seed(5), torch.device("cpu"))
+    c, _, _ = _start_canvas(spec, VOCAB, torch.Generator().manual_seed(6), torch.device("cpu"))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_start_canvas_full_noise_keeps_only_pinned_positions() -> None:
+    seed_ids = [7] * 64
+    pins = [i % 4 == 0 for i in range(64)]
+    spec = CanvasSpec(length=64, seed_ids=seed_ids, seed_noise=1.0, pinned=pins)
+    start, pinned, pinned_ids = _start_canvas(spec, VOCAB, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert pinned is not None and pinned_ids is not None
+    assert pinned[0].tolist() == pins
+    assert pinned_ids[0].tolist() == seed_ids
+    assert all(start[0, i].item() == 7 for i in range(64) if pins[i])
+    assert sum(start[0, i].item() != 7 for i in range(64) if not pins[i]) >= 44  # 48 unpinned, ~all renoised
+
+
+def test_start_canvas_pads_a_short_pin_list() -> None:
+    spec = CanvasSpec(length=6, seed_ids=[100, 101, 102, 103, 104, 105], seed_noise=1.0, pinned=[True, True])
+    start, pinned, _ = _start_canvas(spec, VOCAB, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert pinned is not None and pinned[0].tolist() == [True, True, False, False, False, False]
+    assert start[0, :2].tolist() == [100, 101]
+
+
+def test_denoised_output_keeps_pinned_positions(engine: Engine, decoder_inputs: list[torch.Tensor]) -> None:
+    cache = PromptCache(engine.loaded.model)
+    prompt = engine.prompt_ids(REQUEST)
+    cache.encode(prompt)
+    seed_ids = list(range(300, 316))
+    pins = [True, True, False, False, True] + [False] * 10 + [True]
+    spec = CanvasSpec(length=16, seed_ids=seed_ids, seed_noise=1.0, pinned=pins)
+    drafts: list[Draft] = []
+    outcome = denoise(
+        engine.loaded.model, cache.cache, len(prompt), spec, SamplerSettings(max_steps=3), 0, drafts.append
+    )
+    pinned_at = [i for i, pin in enumerate(pins) if pin]
+    for canvas in [outcome.canvas] + [d.canvas for d in drafts] + [c[0].tolist() for c in decoder_inputs]:
+        assert [canvas[i] for i in pinned_at] == [seed_ids[i] for i in pinned_at]
+    # Unpinned positions are the model's choice, not the seed.
+    assert [outcome.canvas[i] for i in range(16) if not pins[i]] != [seed_ids[i] for i in range(16) if not pins[i]]
+
+
+def test_rewrite_request_starts_from_the_selection(engine: Engine, decoder_inputs: list[torch.Tensor]) -> None:
+    selection = "return a + b"
+    request = replace(
+        REQUEST,
+        kind=HoleKind.SELECTION,
+        seed_text=selection,
+        seed_noise=0.0,
+        max_canvas=32,
+        settings=SamplerSettings(max_steps=2),
+    )
+    result = engine.infill(request)
+    assert result.canvas_length == 32
+    seed_ids = engine.loaded.tokenizer.encode(selection, add_special_tokens=False).ids
+    expected = canvas_target(engine.loaded.layout, seed_ids, 32)
+    assert decoder_inputs[0][0].tolist() == expected
+
+
+def test_seeded_request_grows_the_canvas_for_a_long_selection(engine: Engine) -> None:
+    selection = "x = 1\n" * 40
+    needed = engine.count_tokens(selection)
+    request = replace(
+        REQUEST, kind=HoleKind.REST_OF_LINE, seed_text=selection, max_canvas=256, settings=SamplerSettings(max_steps=1)
+    )
+    result = engine.infill(request)
+    assert result.canvas_length > needed
+    assert result.canvas_length in (64, 128, 256)
+
+
+def test_a_selection_longer_than_the_canvas_is_refused(engine: Engine, decoder_inputs: list[torch.Tensor]) -> None:
+    selection = "value = compute(1, 2, 3)\n" * 20
+    assert engine.count_tokens(selection) >= 32
+    request = replace(REQUEST, kind=HoleKind.SELECTION, seed_text=selection, max_canvas=32)
+    with pytest.raises(ValueError, match="select less text"):
+        engine.infill(request)
+    assert decoder_inputs == []
+
+
+# --- prompt budget -------------------------------------------------------------------------------
+
+
+def _split(engine: Engine, ids: list[int]) -> tuple[list[int], list[int]]:
+    """(prefix ids, suffix ids) of an encoder sequence."""
+    layout = engine.loaded.layout
+    assert ids[0] == layout.bos and ids[2] == layout.fim_suffix and ids[-1] == layout.fim_middle
+    at = ids.index(layout.fim_prefix)
+    return ids[at + 1 : -1], ids[3:at]
+
+
+def test_prompt_within_budget_is_untouched(engine: Engine) -> None:
+    ids = engine.prompt_ids(REQUEST)
+    tok = engine.loaded.tokenizer
+    prefix = tok.encode(REQUEST.prefix, add_special_tokens=False).ids
+    suffix = tok.encode(REQUEST.suffix, add_special_tokens=False).ids
+    assert ids == encoder_ids(engine.loaded.layout, prefix, suffix, "python")
+
+
+def test_prompt_budget_keeps_text_nearest_the_hole(engine: Engine) -> None:
+    prefix = "".join(f"p{i} = {i}\n" for i in range(60))
+    suffix = "".join(f"s{i} = {i}\n" for i in range(60))
+    request = replace(REQUEST, prefix=prefix, suffix=suffix, max_context_tokens=40)
+    full_prefix = engine.loaded.tokenizer.encode(prefix, add_special_tokens=False).ids
+    full_suffix = engine.loaded.tokenizer.encode(suffix, add_special_tokens=False).ids
+    assert len(full_prefix) > 40 and len(full_suffix) > 40
+    kept_prefix, kept_suffix = _split(engine, engine.prompt_ids(request))
+    assert len(kept_prefix) + len(kept_suffix) == 40
+    assert kept_prefix and kept_suffix
+    # The end of the prefix and the start of the suffix (both next to the hole) survive.
+    assert kept_prefix == full_prefix[-len(kept_prefix) :]
+    assert kept_suffix == full_suffix[: len(kept_suffix)]
+    assert len(kept_suffix) >= 40 // 4
+
+
+def test_prompt_budget_gives_a_short_side_room_to_the_other(engine: Engine) -> None:
+    prefix = "".join(f"p{i} = {i}\n" for i in range(60))
+    request = replace(REQUEST, prefix=prefix, suffix="\n", max_context_tokens=40)
+    full_prefix = engine.loaded.tokenizer.encode(prefix, add_special_tokens=False).ids
+    kept_prefix, kept_suffix = _split(engine, engine.prompt_ids(request))
+    assert kept_suffix == engine.loaded.tokenizer.encode("\n", add_special_tokens=False).ids
+    assert kept_prefix == full_prefix[-(40 - len(kept_suffix)) :]
+
+    short_prefix = "x = "
+    long_suffix = "".join(f"s{i} = {i}\n" for i in range(60))
+    request = replace(REQUEST, prefix=short_prefix, suffix=long_suffix, max_context_tokens=40)
+    full_suffix = engine.loaded.tokenizer.encode(long_suffix, add_special_tokens=False).ids
+    kept_prefix, kept_suffix = _split(engine, engine.prompt_ids(request))
+    assert kept_prefix == engine.loaded.tokenizer.encode(short_prefix, add_special_tokens=False).ids
+    assert kept_suffix == full_suffix[: 40 - len(kept_prefix)]
