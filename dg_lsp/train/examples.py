@@ -8,6 +8,7 @@ padding the engine uses at inference time.
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 from collections.abc import Iterator
@@ -41,9 +42,10 @@ class SourceFile:
 
 
 def read_corpus(path: Path, languages: set[str] | None = None) -> list[SourceFile]:
-    """Load ``corpus.jsonl`` (one JSON object per file with ``text`` and ``language``)."""
+    """Load ``corpus.jsonl[.gz]`` (one JSON object per file with ``text`` and ``language``)."""
     files: list[SourceFile] = []
-    with path.open(encoding="utf-8") as handle:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
         for line in handle:
             record = json.loads(line)
             language = str(record["language"])

@@ -217,7 +217,8 @@ def train(args: argparse.Namespace) -> Path:
         batch = collate(next(stream), layout.pad)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        loss = diffusion_loss(model, batch, vocab, config, generator)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = diffusion_loss(model, batch, vocab, config, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
