@@ -137,7 +137,15 @@ def _font(size: int, bold: bool = False):  # type: ignore[no-untyped-def]
     return ImageFont.load_default()
 
 
-def render(ansi: str, out: Path, cols: int | None = None, font_size: int = 15, title: str | None = None) -> Path:
+def render(
+    ansi: str,
+    out: Path,
+    cols: int | None = None,
+    font_size: int = 15,
+    title: str | None = None,
+    cursor: tuple[int, ...] | None = None,
+) -> Path:
+    """Draw the screen (and a bar cursor at (x, y), if given) into a PNG at ``out``."""
     from PIL import Image, ImageDraw
 
     rows = parse(ansi)
@@ -165,6 +173,9 @@ def render(ansi: str, out: Path, cols: int | None = None, font_size: int = 15, t
                 draw.line([x0, y0 + ch - 2, x0 + cw - 1, y0 + ch - 2], fill=fg)
             if st.strike:
                 draw.line([x0, y0 + ch // 2, x0 + cw - 1, y0 + ch // 2], fill=fg)
+    if cursor is not None and len(cursor) == 2:
+        x0, y0 = pad + cursor[0] * cw, top + cursor[1] * ch
+        draw.rectangle([x0, y0 + 1, x0 + 1, y0 + ch - 2], fill=(0xE8, 0xE8, 0xE8))
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,3 +83,42 @@ def vscode_tools() -> VSCodeTools:
         if not path.exists():
             missing(f"{what} not found at {path}")
     return VSCodeTools(node, code_server, vsix, chromium, playwright)
+
+
+# A small Python file with a method body to rewrite (1-based first line, two lines long).
+FALLBACK_SOURCE = (
+    "import math\n"
+    "\n"
+    "\n"
+    "def mean(xs):\n"
+    "    total = sum(xs)\n"
+    "    return total / len(xs)\n"
+    "\n"
+    "\n"
+    "def spread(xs):\n"
+    "    m = mean(xs)\n"
+)
+
+
+@dataclass(frozen=True)
+class PythonFixture:
+    name: str
+    text: str
+    rewrite_line: int  # 1-based first line of a two-line range to rewrite
+
+
+def python_fixture() -> PythonFixture:
+    """``fixtures/python/shapes.py`` (rewriting the two lines that end at its first cursor:
+    a ``def`` line and its body) when it exists, else a built-in file."""
+    path = ROOT / "fixtures" / "python" / "shapes.py"
+    try:
+        text = path.read_text(encoding="utf-8")
+        cursors = json.loads((ROOT / "fixtures" / "cursors.json").read_text(encoding="utf-8"))
+        line = int(cursors["python/shapes.py"][0]["line"])  # 0-based line of the first hole
+        if not 1 <= line < text.count("\n"):
+            raise ValueError(line)
+        if not text.endswith("\n"):
+            text += "\n"
+        return PythonFixture("shapes.py", text, line)
+    except (OSError, KeyError, IndexError, ValueError):
+        return PythonFixture("stats.py", FALLBACK_SOURCE, 5)

