@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +44,14 @@ class Rewrite:
     result: InfillResult
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """Model text without control characters: ``\r\n`` becomes ``\n``; tab and newline stay."""
+    return _CONTROL.sub("", text.replace("\r\n", "\n"))
+
+
 def hole_kind(context: InfillContext) -> HoleKind:
     """The canvas hole kind for a context-layer completion kind."""
     return HoleKind[context.kind.name]
@@ -73,11 +82,11 @@ def complete(
 
     def draft(middle: str, step: int, max_steps: int, final: bool) -> None:
         if on_draft is not None:
-            cleaned = clean_completion(middle, context, language, parse_check=False)
+            cleaned = clean_completion(printable(middle), context, language, parse_check=False)
             on_draft(cleaned or "", step, max_steps, final)
 
     result = engine.infill(request, on_draft=draft if on_draft is not None else None, cancelled=cancelled)
-    cleaned = clean_completion(result.text, context, language, parse_check=options.parse_check)
+    cleaned = clean_completion(printable(result.text), context, language, parse_check=options.parse_check)
     if not cleaned:
         return None
     return Completion(
@@ -137,10 +146,12 @@ def rewrite(
 
     def draft(middle: str, step: int, max_steps: int, final: bool) -> None:
         if on_draft is not None:
-            on_draft(middle, step, max_steps, final)
+            on_draft(printable(middle), step, max_steps, final)
 
     result = engine.infill(request, on_draft=draft if on_draft is not None else None, cancelled=cancelled)
-    new_text = result.text
+    new_text = printable(result.text)
+    if "\r\n" in selection:
+        new_text = new_text.replace("\n", "\r\n")
     if selection.endswith("\n") and not new_text.endswith("\n"):
         new_text += "\n"
     if not new_text.strip():

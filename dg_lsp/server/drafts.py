@@ -11,7 +11,7 @@ DRAFT_METHOD = "dg/draft"
 
 
 class DraftNotifier:
-    """Sends at most one draft per ``interval_ms`` (the final draft always goes out)."""
+    """Sends at most one draft per ``interval_ms``; skips repeats and empty drafts (the final one always goes out)."""
 
     def __init__(
         self,
@@ -30,8 +30,8 @@ class DraftNotifier:
 
     def __call__(self, text: str, step: int, max_steps: int, final: bool) -> None:
         now = time.monotonic()
-        if not final and (now - self._last < self._interval or text == self._last_text):
-            return
+        if not final and (not text or now - self._last < self._interval or text == self._last_text):
+            return  # empty intermediate drafts would only make the ghost text flicker
         self._last = now
         self._last_text = text
         params = {**self._base, "text": text, "step": step, "maxSteps": max_steps, "final": final}

@@ -100,3 +100,22 @@ async def test_drafts_from_the_engine_thread_are_sent_on_the_loop() -> None:
     await _flush()
     assert recorder.texts == ["t1", "t2", "t3"]
     assert recorder.threads == {threading.get_ident()}
+
+
+def test_empty_intermediate_drafts_are_not_sent() -> None:
+    import asyncio
+
+    from dg_lsp.server.drafts import DraftNotifier
+
+    sent: list[dict[str, object]] = []
+    loop = asyncio.new_event_loop()
+    try:
+        notifier = DraftNotifier(loop, lambda method, params: sent.append(params), {"uri": "u"}, 0)
+        notifier("", 1, 4, False)
+        notifier("x", 2, 4, False)
+        notifier("", 3, 4, False)
+        notifier("", 4, 4, True)
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+    assert [(p["text"], p["step"], p["final"]) for p in sent] == [("x", 2, False), ("", 4, True)]
