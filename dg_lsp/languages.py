@@ -15,6 +15,8 @@ from urllib.parse import unquote, urlsplit
 import tree_sitter
 import tree_sitter_language_pack
 
+from dg_lsp.special_tokens import LANGUAGES as TAGGED_LANGUAGES
+
 __all__ = [
     "EXTENSIONS",
     "LANGUAGE_IDS",
@@ -27,19 +29,7 @@ __all__ = [
 ]
 
 #: Grammars this server knows how to use.
-SUPPORTED_LANGUAGES: tuple[str, ...] = (
-    "python",
-    "javascript",
-    "typescript",
-    "tsx",
-    "go",
-    "rust",
-    "c",
-    "cpp",
-    "java",
-    "lua",
-    "bash",
-)
+SUPPORTED_LANGUAGES: tuple[str, ...] = tuple(lang for lang in TAGGED_LANGUAGES if lang != "text")
 
 #: LSP ``languageId`` (as sent by VS Code, Neovim, Helix, ...) -> grammar.
 LANGUAGE_IDS: dict[str, str] = {

@@ -48,6 +48,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from dg_lsp.languages import EXTENSIONS as SERVER_EXTENSIONS
 from dg_lsp.train import licenses
 from dg_lsp.train.decontaminate import Decontaminator
 
@@ -76,34 +77,13 @@ LANGUAGE_SHARES: dict[str, float] = {
     "bash": 0.03,
 }
 
+#: The server's extension map plus C++ template/inline files and bats tests (``.h`` is
+#: decided per package by ``language_of``; ``.zsh``/``.pyw`` are rare and left out).
 EXTENSIONS: dict[str, str] = {
-    ".py": "python",
-    ".pyi": "python",
-    ".js": "javascript",
-    ".mjs": "javascript",
-    ".cjs": "javascript",
-    ".jsx": "javascript",
-    ".ts": "typescript",
-    ".mts": "typescript",
-    ".cts": "typescript",
-    ".tsx": "tsx",
-    ".go": "go",
-    ".rs": "rust",
-    ".c": "c",
-    ".cc": "cpp",
-    ".cpp": "cpp",
-    ".cxx": "cpp",
-    ".c++": "cpp",
-    ".hpp": "cpp",
-    ".hh": "cpp",
-    ".hxx": "cpp",
+    **{ext: lang for ext, lang in SERVER_EXTENSIONS.items() if ext not in {".h", ".zsh", ".pyw"}},
     ".ipp": "cpp",
     ".inl": "cpp",
     ".tcc": "cpp",
-    ".java": "java",
-    ".lua": "lua",
-    ".sh": "bash",
-    ".bash": "bash",
     ".bats": "bash",
 }
 
