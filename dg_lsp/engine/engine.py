@@ -76,7 +76,7 @@ class Engine:
 
     def decode(self, ids: list[int]) -> str:
         """Text of a list of token ids."""
-        text: str = self.loaded.tokenizer.decode(ids, skip_special_tokens=False)
+        text: str = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)  # markers never belong in code
         return text
 
     def prompt_ids(self, request: InfillRequest) -> list[int]:
