@@ -52,6 +52,12 @@ def printable(text: str) -> str:
     return _CONTROL.sub("", text.replace("\r\n", "\n"))
 
 
+def context_budget(engine: Engine, options: CompletionOptions) -> int:
+    """The prefix + suffix token budget: the configured one, capped at what the model was trained on."""
+    trained = engine.loaded.context_tokens
+    return min(options.context_tokens, trained) if trained else options.context_tokens
+
+
 def hole_kind(context: InfillContext) -> HoleKind:
     """The canvas hole kind for a context-layer completion kind."""
     return HoleKind[context.kind.name]
@@ -68,7 +74,8 @@ def complete(
     cancelled: Callable[[], bool] | None = None,
 ) -> Completion | None:
     """Infill at ``offset``; None when the model produced nothing worth showing."""
-    context = build_context(text, tree, language, offset, options.context_tokens, engine.count_tokens)
+    budget = context_budget(engine, options)
+    context = build_context(text, tree, language, offset, budget, engine.count_tokens)
     request = InfillRequest(
         prefix=context.prefix,
         suffix=context.suffix,
@@ -76,7 +83,7 @@ def complete(
         kind=hole_kind(context),
         settings=options.sampler(),
         max_canvas=options.max_canvas,
-        max_context_tokens=options.context_tokens,
+        max_context_tokens=budget,
         seed=options.seed,
     )
 
@@ -128,9 +135,8 @@ def rewrite(
         raise ValueError(f"invalid selection {start}..{end} in a document of {len(text)} characters")
     selection = text[start:end]
     outside = text[:start] + text[end:]
-    context = build_context(
-        outside, _parse(outside, language), language, start, completion_options.context_tokens, engine.count_tokens
-    )
+    budget = context_budget(engine, completion_options)
+    context = build_context(outside, _parse(outside, language), language, start, budget, engine.count_tokens)
     request = InfillRequest(
         prefix=context.prefix,
         suffix=context.suffix,
@@ -138,7 +144,7 @@ def rewrite(
         kind=HoleKind.SELECTION,
         settings=options.sampler(completion_options.entropy_bound),
         max_canvas=max(completion_options.max_canvas, 256),
-        max_context_tokens=completion_options.context_tokens,
+        max_context_tokens=budget,
         seed_text=selection,
         seed_noise=options.noise,
         seed=completion_options.seed,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -54,6 +55,20 @@ class InfillResult:
     def tokens_per_forward(self) -> float:
         """Middle tokens produced per decoder forward pass."""
         return self.middle_tokens / max(self.steps, 1)
+
+
+#: Fewest denoising steps a short canvas gets.
+MIN_STEPS = 8
+
+
+def steps_for_canvas(settings: SamplerSettings, length: int, full_length: int) -> SamplerSettings:
+    """Scale the step budget with the canvas: a 32-token line needs fewer steps than a full canvas.
+
+    ``settings.max_steps`` applies to the model's full canvas; shorter canvases get a
+    proportional share, never fewer than :data:`MIN_STEPS` (nor more than asked).
+    """
+    scaled = max(MIN_STEPS, math.ceil(settings.max_steps * length / max(full_length, 1)))
+    return replace(settings, max_steps=min(settings.max_steps, scaled))
 
 
 class Engine:
@@ -131,7 +146,7 @@ class Engine:
                 self._cache.cache,
                 len(prompt),
                 spec,
-                request.settings,
+                steps_for_canvas(request.settings, length, self.loaded.canvas_length),
                 request.seed,
                 on_draft=report,
                 cancelled=cancelled,

@@ -41,6 +41,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     parameters: int
+    #: Largest prefix + suffix token budget the model was trained with (None: unknown).
+    context_tokens: int | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -140,6 +142,7 @@ def load_model(path: Path, device: str = "auto", dtype: str = "auto") -> LoadedM
     if vocab_size(model) < tokenizer.get_vocab_size(with_added_tokens=True):
         raise ModelLoadError(f"{path}: tokenizer has more tokens than the model's vocabulary")
     parameters = sum(p.numel() for name, p in model.named_parameters() if "vision" not in name)
+    context_tokens = _trained_context(path)
     log.info("loaded %s: %.1fM parameters on %s (%s)", path, parameters / 1e6, target, torch_dtype)
     return LoadedModel(
         model=model,
@@ -150,4 +153,19 @@ def load_model(path: Path, device: str = "auto", dtype: str = "auto") -> LoadedM
         device=target,
         dtype=torch_dtype,
         parameters=parameters,
+        context_tokens=context_tokens,
     )
+
+
+#: Optional file written by dg_lsp.train next to config.json: facts about how the model was trained.
+TRAINING_FACTS = "dg_lsp.json"
+
+
+def _trained_context(path: Path) -> int | None:
+    """The context budget recorded in ``dg_lsp.json`` (absent or unreadable: None)."""
+    try:
+        facts = json.loads((path / TRAINING_FACTS).read_text(encoding="utf-8"))
+        value = facts.get("context_tokens")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None

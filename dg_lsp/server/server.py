@@ -158,6 +158,7 @@ class DgServer(LanguageServer):
             "dtype": str(loaded.dtype).removeprefix("torch.") if loaded else None,
             "parameters": loaded.parameters if loaded else None,
             "canvasLength": loaded.canvas_length if loaded else None,
+            "trainedContextTokens": loaded.context_tokens if loaded else None,
             "languages": [lang for lang in LANGUAGES if lang != "text"],
             "loadSeconds": self.models.load_seconds,
             "warmupSeconds": self.models.warmup_seconds,

@@ -1,6 +1,6 @@
 """One command that reproduces the embedded model from scratch.
 
-    python -m dg_lsp.train.build_model --minutes 85
+    python -m dg_lsp.train.build_model --minutes 65
 
 Steps (each skipped when its output exists, so an interrupted run resumes):
 corpus (registries → .work/corpus) → tokenizer (.work/tokenizer) → training (.work/train,
@@ -29,8 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     """Build corpus, tokenizer and model; install the model into the package."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path(".work"))
-    parser.add_argument("--minutes", type=float, default=85.0, help="training wall time (per call; resumes)")
-    parser.add_argument("--total-steps", type=int, default=1400)
+    parser.add_argument("--minutes", type=float, default=65.0, help="training wall time (per call; resumes)")
+    parser.add_argument("--total-steps", type=int, default=800)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--context-tokens", type=int, default=256)
+    parser.add_argument("--max-canvas", type=int, default=128)
     parser.add_argument("--geometry", default="small")
     parser.add_argument("--corpus-mb", type=float, default=70.0)
     parser.add_argument("--out", type=Path, default=EMBEDDED_MODEL_DIR)
@@ -45,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     _run([py, "-m", "dg_lsp.train.trainer", "--corpus", str(corpus / "corpus.jsonl"), "--tokenizer", str(tokenizer),
           "--out", str(train), "--geometry", args.geometry, "--minutes", str(args.minutes),
-          "--total-steps", str(args.total_steps), "--resume"])
+          "--total-steps", str(args.total_steps), "--batch-size", str(args.batch_size),
+          "--context-tokens", str(args.context_tokens), "--max-canvas", str(args.max_canvas), "--resume"])
     wall = time.monotonic() - started
     export = train / "model"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 from dg_lsp.canvas import LayoutTokens, renoise, resolve_layout_tokens
 from dg_lsp.model.checkpoint import new_model, save_checkpoint
 from dg_lsp.model.geometry import GEOMETRIES
+from dg_lsp.model.loader import TRAINING_FACTS
 from dg_lsp.model.typing import text_config, vocab_size
 from dg_lsp.train.examples import Example, ExampleMaker, SourceFile, read_corpus
 
@@ -243,6 +244,8 @@ def train(args: argparse.Namespace) -> Path:
     export = out / "model"
     model.train(False)
     save_checkpoint(model.to(dtype=torch.bfloat16), args.tokenizer, export)
+    facts = {"context_tokens": config.context_tokens, "max_canvas": config.max_canvas, "steps": step}
+    (export / TRAINING_FACTS).write_text(json.dumps(facts, indent=2) + "\n")
     summary = {
         "steps": step,
         "tokens": tokens_seen,

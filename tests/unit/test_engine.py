@@ -287,3 +287,14 @@ def test_prompt_budget_gives_a_short_side_room_to_the_other(engine: Engine) -> N
     kept_prefix, kept_suffix = _split(engine, engine.prompt_ids(request))
     assert kept_prefix == engine.loaded.tokenizer.encode(short_prefix, add_special_tokens=False).ids
     assert kept_suffix == full_suffix[: 40 - len(kept_prefix)]
+
+
+def test_step_budget_scales_with_the_canvas() -> None:
+    from dg_lsp.engine.engine import MIN_STEPS, steps_for_canvas
+    from dg_lsp.engine.sampler import SamplerSettings
+
+    full = SamplerSettings(max_steps=48)
+    assert steps_for_canvas(full, 256, 256).max_steps == 48
+    assert steps_for_canvas(full, 128, 256).max_steps == 24
+    assert steps_for_canvas(full, 32, 256).max_steps == MIN_STEPS
+    assert steps_for_canvas(SamplerSettings(max_steps=4), 32, 256).max_steps == 4  # never more than asked
