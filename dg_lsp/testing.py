@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer
 
 from dg_lsp.model.checkpoint import new_model, save_checkpoint
 from dg_lsp.model.geometry import GEOMETRIES
+from dg_lsp.special_tokens import SPECIAL_TOKENS
 
 _SAMPLE_CODE = """\
 def add(a, b):
@@ -49,6 +51,11 @@ def build_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     geometry = GEOMETRIES["tiny"]
     tokenizer = tiny_tokenizer(geometry.vocab_size)
     model = new_model(geometry, tokenizer, seed)
+    # Random weights put the markers (<eom>, <pad>, language tags…) at the argmax of many
+    # positions, so most answers would be empty. Zeroing their (tied) embedding rows makes
+    # their logits 0 while ordinary tokens' are random: the model then emits text to test with.
+    with torch.no_grad():
+        model.get_input_embeddings().weight[: len(SPECIAL_TOKENS)] = 0.0
     save_checkpoint(model, tokenizer, path)
     return path
 

@@ -244,8 +244,9 @@ def create_server(model_override: str | None = None) -> DgServer:
         version, text = doc.version, doc.tree.text
         at = types.Range(start=params.position, end=params.position)
         known = ls.memory.lookup(uri, version, text, offset)
-        if known is not None:
-            return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=known, range=at)])
+        if known is not None:  # "" is a remembered empty answer
+            items = [types.InlineCompletionItem(insert_text=known, range=at)] if known else []
+            return types.InlineCompletionList(items=items)
         if not ls.options.completion.enabled:
             return types.InlineCompletionList(items=[])
         engine = await ls.engine()
@@ -271,9 +272,11 @@ def create_server(model_override: str | None = None) -> DgServer:
             return types.InlineCompletionList(items=[])
         snapshot.give_back()
         current = ls.documents.get(uri)
-        if current is None or current.version != version or result is None:
+        if current is None or current.version != version:
             return types.InlineCompletionList(items=[])
-        ls.memory.remember(uri, version, text, offset, result.text)
+        ls.memory.remember(uri, version, text, offset, result.text if result is not None else "")
+        if result is None:
+            return types.InlineCompletionList(items=[])
         return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=result.text, range=at)])
 
     @server.feature(
