@@ -287,7 +287,8 @@ def clean_completion(
 ) -> str | None:
     """The text to insert at the cursor, or ``None`` to show nothing.
 
-    Newlines in the result follow the document (``ctx.newline``).
+    ``parse_check`` rejects completions that leave brackets open or mismatched, or that make
+    the file parse worse. Newlines in the result follow the document (``ctx.newline``).
     """
     spec = spec_for(language)
     prefix = normalize_newlines(ctx.prefix)
@@ -309,7 +310,7 @@ def clean_completion(
         text = _reindent(text, ctx)
         if ctx.kind is CompletionKind.BLOCK and ctx.line_prefix.strip() and is_closer_line(ctx.line_suffix, spec):
             text += "\n" + indent_of(ctx.line_prefix)  # ``{|}``: closer onto its own line
-    if not _brackets_balanced(text, ctx, language):
+    if parse_check and not _brackets_balanced(text, ctx, language):
         return None
     if parse_check and not parse_is_not_worse(prefix + suffix, prefix + text + suffix, language):
         return None
