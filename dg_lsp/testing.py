@@ -55,7 +55,8 @@ def build_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     # positions, so most answers would be empty. Zeroing their (tied) embedding rows makes
     # their logits 0 while ordinary tokens' are random: the model then emits text to test with.
     with torch.no_grad():
-        model.get_input_embeddings().weight[: len(SPECIAL_TOKENS)] = 0.0
+        embeddings: torch.Tensor = model.model.decoder.embed_tokens.weight  # tied with the encoder and lm_head
+        embeddings[: len(SPECIAL_TOKENS)] = 0.0
     save_checkpoint(model, tokenizer, path)
     return path
 
