@@ -73,6 +73,103 @@ def _start_canvas(
     return start, pinned, (seed if pinned is not None else None)
 
 
+@dataclass
+class CanvasRow:
+    """One canvas being denoised after its encoded prompt: everything carried from step to step."""
+
+    cache: DynamicCache
+    prompt_length: int
+    spec: CanvasSpec
+    settings: SamplerSettings
+    generator: torch.Generator
+    canvas: torch.Tensor
+    positions: torch.Tensor
+    stopper: StableAndConfident
+    pinned: torch.Tensor | None = None
+    pinned_ids: torch.Tensor | None = None
+    self_conditioning: torch.Tensor | None = None
+    argmax: torch.Tensor | None = None
+    step: int = 0
+    done: bool = False
+    stopped_early: bool = False
+    step_ms: list[float] = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls,
+        model: DiffusionGemmaForBlockDiffusion,
+        cache: DynamicCache,
+        prompt_length: int,
+        spec: CanvasSpec,
+        settings: SamplerSettings,
+        seed: int,
+    ) -> CanvasRow:
+        """A fresh row: the starting canvas drawn from ``seed``."""
+        device = model.device
+        generator = torch.Generator(device=device).manual_seed(seed)
+        canvas, pinned, pinned_ids = _start_canvas(spec, vocab_size(model), generator, device)
+        positions = torch.arange(prompt_length, prompt_length + spec.length, device=device)[None, :]
+        return cls(
+            cache=cache,
+            prompt_length=prompt_length,
+            spec=spec,
+            settings=settings,
+            generator=generator,
+            canvas=canvas,
+            positions=positions,
+            stopper=StableAndConfident(settings),
+            pinned=pinned,
+            pinned_ids=pinned_ids,
+        )
+
+    def advance(self, logits: torch.Tensor, vocab: int, embed_dtype: torch.dtype, started: float) -> Draft:
+        """Take one step's decoder logits ``(1, length, vocab)``; ``started`` is the step's ``perf_counter``."""
+        self.step += 1
+        result = denoise_step(
+            self.settings,
+            logits.float(),
+            self.canvas,
+            remaining=self.settings.max_steps - self.step + 1,
+            vocab_size=vocab,
+            generator=self.generator,
+            pinned=self.pinned,
+            pinned_ids=self.pinned_ids,
+        )
+        self.canvas, self.argmax = result.next_canvas, result.argmax_canvas
+        self.self_conditioning = result.logits.to(embed_dtype)
+        stop = self.stopper.update(result.argmax_canvas, result.mean_entropy)
+        self.done = stop or self.step >= self.settings.max_steps
+        self.stopped_early = stop and self.step < self.settings.max_steps
+        self.step_ms.append((time.perf_counter() - started) * 1000.0)
+        return Draft(
+            step=self.step, max_steps=self.settings.max_steps, canvas=result.argmax_canvas[0].tolist(), final=self.done
+        )
+
+    def outcome(self) -> DenoiseOutcome:
+        """The result so far (the last argmax canvas)."""
+        canvas = self.argmax if self.argmax is not None else self.canvas
+        return DenoiseOutcome(
+            canvas=canvas[0].tolist(), steps=self.step, stopped_early=self.stopped_early, step_ms=list(self.step_ms)
+        )
+
+
+def embedding_dtype(model: DiffusionGemmaForBlockDiffusion) -> torch.dtype:
+    """The dtype self-conditioning logits are fed back in."""
+    return model.model.decoder.embed_tokens.weight.dtype
+
+
+@torch.inference_mode()
+def row_logits(model: DiffusionGemmaForBlockDiffusion, row: CanvasRow) -> torch.Tensor:
+    """One decoder forward for a single canvas after its own prompt cache."""
+    logits: torch.Tensor = model(
+        decoder_input_ids=row.canvas,
+        past_key_values=row.cache,
+        self_conditioning_logits=row.self_conditioning,
+        decoder_position_ids=row.positions,
+    ).logits
+    return logits
+
+
 @torch.inference_mode()
 def denoise(
     model: DiffusionGemmaForBlockDiffusion,
@@ -85,46 +182,14 @@ def denoise(
     cancelled: Callable[[], bool] | None = None,
 ) -> DenoiseOutcome:
     """Denoise one canvas after the prompt held in ``cache``; raises :class:`Cancelled`."""
-    device = model.device
-    vocab = vocab_size(model)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    canvas, pinned, pinned_ids = _start_canvas(spec, vocab, generator, device)
-    positions = torch.arange(prompt_length, prompt_length + spec.length, device=device)[None, :]
-    self_conditioning: torch.Tensor | None = None
-    stopper = StableAndConfident(settings)
-    argmax = canvas
-    outcome = DenoiseOutcome(canvas=[], steps=0, stopped_early=False)
-    embed_dtype = model.model.decoder.embed_tokens.weight.dtype
-    for step in range(1, settings.max_steps + 1):
+    row = CanvasRow.start(model, cache, prompt_length, spec, settings, seed)
+    vocab, embed_dtype = vocab_size(model), embedding_dtype(model)
+    while not row.done:
         if cancelled is not None and cancelled():
             raise Cancelled()
         started = time.perf_counter()
-        logits = model(
-            decoder_input_ids=canvas,
-            past_key_values=cache,
-            self_conditioning_logits=self_conditioning,
-            decoder_position_ids=positions,
-        ).logits
-        result = denoise_step(
-            settings,
-            logits.float(),
-            canvas,
-            remaining=settings.max_steps - step + 1,
-            vocab_size=vocab,
-            generator=generator,
-            pinned=pinned,
-            pinned_ids=pinned_ids,
-        )
-        canvas, argmax = result.next_canvas, result.argmax_canvas
-        self_conditioning = result.logits.to(embed_dtype)
-        done = stopper.update(argmax, result.mean_entropy)
-        final = done or step == settings.max_steps
-        outcome.step_ms.append((time.perf_counter() - started) * 1000.0)
-        outcome.steps = step
+        logits = row_logits(model, row)
+        draft = row.advance(logits, vocab, embed_dtype, started)
         if on_draft is not None:
-            on_draft(Draft(step=step, max_steps=settings.max_steps, canvas=argmax[0].tolist(), final=final))
-        if done:
-            outcome.stopped_early = step < settings.max_steps
-            break
-    outcome.canvas = argmax[0].tolist()
-    return outcome
+            on_draft(draft)
+    return row.outcome()

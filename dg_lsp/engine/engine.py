@@ -7,11 +7,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
 from dg_lsp.canvas import HoleKind, canvas_length_for, canvas_target, encoder_ids, middle_from_canvas
-from dg_lsp.engine.denoiser import CanvasSpec, Draft, denoise
+from dg_lsp.engine.denoiser import CanvasSpec, DenoiseOutcome, Draft, denoise
 from dg_lsp.engine.prompt_cache import EncodeStats, PromptCache
 from dg_lsp.engine.sampler import SamplerSettings
 from dg_lsp.model.loader import LoadedModel
@@ -55,6 +56,16 @@ class InfillResult:
     def tokens_per_forward(self) -> float:
         """Middle tokens produced per decoder forward pass."""
         return self.middle_tokens / max(self.steps, 1)
+
+
+@dataclass(frozen=True)
+class PreparedInfill:
+    """A request tokenised and laid out: encoder ids, canvas and step budget."""
+
+    request: InfillRequest
+    prompt: list[int]
+    spec: CanvasSpec
+    settings: SamplerSettings
 
 
 #: Fewest denoising steps a short canvas gets.
@@ -105,13 +116,26 @@ class Engine:
             prefix_ids = prefix_ids[max(0, len(prefix_ids) - (budget - keep_suffix)) :]
         return encoder_ids(self.loaded.layout, prefix_ids, suffix_ids, request.language)
 
-    def infill(
-        self,
-        request: InfillRequest,
-        on_draft: DraftCallback | None = None,
-        cancelled: Callable[[], bool] | None = None,
-    ) -> InfillResult:
-        """Fill one hole; raises :class:`dg_lsp.engine.denoiser.Cancelled` if ``cancelled()`` turns true."""
+    @property
+    def context_tokens(self) -> int | None:
+        """The prefix + suffix token budget the model was trained with (None: unknown)."""
+        return self.loaded.context_tokens
+
+    def describe(self) -> dict[str, Any]:
+        """Model facts for ``dg.info`` and the engine server's ``/v1/models``."""
+        loaded = self.loaded
+        return {
+            "model": loaded.name,
+            "modelPath": str(loaded.path),
+            "device": str(loaded.device),
+            "dtype": str(loaded.dtype).removeprefix("torch."),
+            "parameters": loaded.parameters,
+            "canvasLength": loaded.canvas_length,
+            "trainedContextTokens": loaded.context_tokens,
+        }
+
+    def prepare(self, request: InfillRequest) -> PreparedInfill:
+        """Tokenise a request and choose its canvas; raises ValueError for a selection too long for the canvas."""
         layout = self.loaded.layout
         seed_ids = self._ids(request.seed_text) if request.seed_text is not None else None
         needed = len(seed_ids) + max(8, len(seed_ids) // 4) if seed_ids is not None else 0
@@ -126,17 +150,49 @@ class Engine:
             seed_ids=canvas_target(layout, seed_ids, length) if seed_ids is not None else None,
             seed_noise=request.seed_noise,
         )
-        prompt = self.prompt_ids(request)
+        settings = steps_for_canvas(request.settings, length, self.loaded.canvas_length)
+        return PreparedInfill(request=request, prompt=self.prompt_ids(request), spec=spec, settings=settings)
+
+    def draft_reporter(self, on_draft: DraftCallback | None) -> Callable[[Draft], None] | None:
+        """Turn canvas drafts into middle-text drafts for ``on_draft``."""
+        if on_draft is None:
+            return None
+        layout = self.loaded.layout
 
         def report(draft: Draft) -> None:
-            if on_draft is not None:
-                middle, _ = middle_from_canvas(layout, draft.canvas)
-                on_draft(self.decode(middle), draft.step, draft.max_steps, draft.final)
+            middle, _ = middle_from_canvas(layout, draft.canvas)
+            on_draft(self.decode(middle), draft.step, draft.max_steps, draft.final)
 
+        return report
+
+    def result(
+        self, prepared: PreparedInfill, outcome: DenoiseOutcome, stats: EncodeStats, encode_ms: float, denoise_ms: float
+    ) -> InfillResult:
+        """The :class:`InfillResult` for a finished canvas."""
+        middle, ended = middle_from_canvas(self.loaded.layout, outcome.canvas)
+        return InfillResult(
+            text=self.decode(middle),
+            ended=ended,
+            steps=outcome.steps,
+            middle_tokens=len(middle),
+            canvas_length=prepared.spec.length,
+            encode=stats,
+            encode_ms=encode_ms,
+            denoise_ms=denoise_ms,
+        )
+
+    def infill(
+        self,
+        request: InfillRequest,
+        on_draft: DraftCallback | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> InfillResult:
+        """Fill one hole; raises :class:`dg_lsp.engine.denoiser.Cancelled` if ``cancelled()`` turns true."""
+        prepared = self.prepare(request)
         with self._lock:
             started = time.perf_counter()
             try:
-                stats = self._cache.encode(prompt)
+                stats = self._cache.encode(prepared.prompt)
             except BaseException:
                 self._cache.clear()
                 raise
@@ -144,22 +200,12 @@ class Engine:
             outcome = denoise(
                 self.loaded.model,
                 self._cache.cache,
-                len(prompt),
-                spec,
-                steps_for_canvas(request.settings, length, self.loaded.canvas_length),
+                len(prepared.prompt),
+                prepared.spec,
+                prepared.settings,
                 request.seed,
-                on_draft=report,
+                on_draft=self.draft_reporter(on_draft),
                 cancelled=cancelled,
             )
             finished = time.perf_counter()
-        middle, ended = middle_from_canvas(layout, outcome.canvas)
-        return InfillResult(
-            text=self.decode(middle),
-            ended=ended,
-            steps=outcome.steps,
-            middle_tokens=len(middle),
-            canvas_length=length,
-            encode=stats,
-            encode_ms=(encoded - started) * 1000.0,
-            denoise_ms=(finished - encoded) * 1000.0,
-        )
+        return self.result(prepared, outcome, stats, (encoded - started) * 1000.0, (finished - encoded) * 1000.0)

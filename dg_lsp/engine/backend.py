@@ -1,0 +1,30 @@
+"""What the language server needs from an engine, local or remote."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from dg_lsp.engine.engine import DraftCallback, InfillRequest, InfillResult
+
+
+class InfillBackend(Protocol):
+    """Fills holes: the resident :class:`~dg_lsp.engine.engine.Engine` or a remote engine server."""
+
+    @property
+    def context_tokens(self) -> int | None:
+        """The prefix + suffix token budget the model was trained with (None: unknown)."""
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens ``text`` encodes to (used to cut context to a budget)."""
+
+    def infill(
+        self,
+        request: InfillRequest,
+        on_draft: DraftCallback | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> InfillResult:
+        """Fill one hole; raises :class:`~dg_lsp.engine.denoiser.Cancelled` when ``cancelled()`` turns true."""
+
+    def describe(self) -> dict[str, Any]:
+        """Model facts for ``dg.info``: model, modelPath, device, dtype, parameters, canvasLength, ..."""
