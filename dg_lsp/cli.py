@@ -1,4 +1,4 @@
-"""Command line: ``dg-lsp serve | infill | rewrite | info``. Logs go to stderr or a file, never stdout."""
+"""Command line: ``dg-lsp serve | infill | rewrite | info | engine-serve``. Logs go to stderr or a file, never stdout."""
 
 from __future__ import annotations
 
@@ -133,17 +133,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from dg_lsp.languages import SUPPORTED_LANGUAGES
 
     engine = _engine(args)
-    loaded = engine.loaded
-    info = {
-        "version": __version__,
-        "model": loaded.name,
-        "modelPath": str(loaded.path),
-        "device": str(loaded.device),
-        "dtype": str(loaded.dtype).removeprefix("torch."),
-        "parameters": loaded.parameters,
-        "canvasLength": loaded.canvas_length,
-        "languages": list(SUPPORTED_LANGUAGES),
-    }
+    info = {"version": __version__, **engine.describe(), "languages": list(SUPPORTED_LANGUAGES)}
     print(json.dumps(info, indent=2))
     return 0
 
@@ -193,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", parents=[common], help="print model, device, dtype and languages")
     model_args(info)
     info.set_defaults(func=cmd_info)
+
+    from dg_lsp.engine_server.main import add_parser as add_engine_serve
+
+    add_engine_serve(sub, common)
     return parser
 
 

@@ -155,7 +155,8 @@ class CanvasRow:
 
 def embedding_dtype(model: DiffusionGemmaForBlockDiffusion) -> torch.dtype:
     """The dtype self-conditioning logits are fed back in."""
-    return model.model.decoder.embed_tokens.weight.dtype
+    weight: torch.Tensor = model.model.decoder.embed_tokens.weight
+    return weight.dtype
 
 
 @torch.inference_mode()

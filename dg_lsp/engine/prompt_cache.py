@@ -27,7 +27,8 @@ class EncodeStats:
     encoded_tokens: int
 
 
-def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+def cache_layers(cache: DynamicCache) -> list[DynamicLayer]:
+    """The layers of a dynamic cache, typed as such."""
     return [cast(DynamicLayer, layer) for layer in cache.layers]
 
 
@@ -83,18 +84,18 @@ class PromptCache:
 
     def _new_cache(self) -> DynamicCache:
         cache = DynamicCache(config=self._config)
-        for layer in _layers(cache):
+        for layer in cache_layers(cache):
             if isinstance(layer, DynamicSlidingWindowLayer):
                 layer.activate_past_recording()  # type: ignore[no-untyped-call]
         return cache
 
     def _decoder_view(self, cache: DynamicCache) -> DynamicCache:
         keep = self._window - 1
-        layers = _layers(cache)
+        layers = cache_layers(cache)
         if not any(isinstance(l, DynamicSlidingWindowLayer) and _length(l) > keep for l in layers):
             return cache
         view = DynamicCache(config=self._config)
-        for mine, theirs in zip(_layers(view), layers, strict=True):
+        for mine, theirs in zip(cache_layers(view), layers, strict=True):
             keys, values = _tensors(theirs)
             if isinstance(theirs, DynamicSlidingWindowLayer):
                 keys, values = keys[..., -keep:, :], values[..., -keep:, :]
@@ -105,7 +106,7 @@ class PromptCache:
         return view
 
     def _crop(self, cache: DynamicCache, keep: int) -> None:
-        for layer in _layers(cache):
+        for layer in cache_layers(cache):
             if not layer.is_initialized:
                 continue
             keys, values = _tensors(layer)

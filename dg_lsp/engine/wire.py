@@ -26,7 +26,7 @@ class SamplerFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_steps: int = Field(default=16, ge=1, le=1024)
+    max_steps: int = Field(default=16, ge=1)
     entropy_bound: float = Field(default=0.1, gt=0)
     t_min: float = Field(default=0.4, gt=0)
     t_max: float = Field(default=0.8, gt=0)

@@ -1,0 +1,1 @@
+"""The shared engine server: one resident model answering many language servers over HTTP."""

@@ -1,0 +1,128 @@
+"""Continuous batching: every request gets the answer it would get alone, and can be cancelled."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dg_lsp.canvas import HoleKind
+from dg_lsp.engine.denoiser import Cancelled
+from dg_lsp.engine.engine import Engine, InfillRequest
+from dg_lsp.engine.sampler import SamplerSettings
+from dg_lsp.engine.scheduler import BatchScheduler, QueueFull, StepReport
+from dg_lsp.model.loader import load_model
+
+PROMPTS = [
+    ("def add(a, b):\n    return ", "\n", HoleKind.REST_OF_LINE, "python"),
+    ("class Stack:\n    def push(self, item):\n        ", "\n", HoleKind.LINE, "python"),
+    ("function greet(name) {\n  ", "\n}\n", HoleKind.BLOCK, "javascript"),
+    ("fn main() { let v = ", "; }\n", HoleKind.REST_OF_LINE, "rust"),
+    ("int main(void) {\n", "  return 0;\n}\n", HoleKind.LINE, "c"),
+]
+
+
+def _requests(count: int) -> list[InfillRequest]:
+    out = []
+    for i in range(count):
+        prefix, suffix, kind, language = PROMPTS[i % len(PROMPTS)]
+        out.append(
+            InfillRequest(
+                prefix=prefix * (1 + i // len(PROMPTS)),
+                suffix=suffix,
+                language=language,
+                kind=kind,
+                settings=SamplerSettings(max_steps=6 + i % 4, greedy=i % 3 != 0),
+                max_canvas=64,
+                seed=i,
+            )
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Engine:
+    return Engine(load_model(tiny_model_dir, "cpu", "float32"))
+
+
+@pytest.fixture
+def scheduler(engine: Engine) -> Iterator[BatchScheduler]:
+    reports: list[StepReport] = []
+    s = BatchScheduler(engine, max_batch=8, max_queue=64, on_step=reports.append)
+    s.reports = reports  # type: ignore[attr-defined]
+    yield s
+    s.close()
+
+
+def test_batched_answers_equal_single_answers(engine: Engine, scheduler: BatchScheduler) -> None:
+    requests = _requests(12)
+    alone = [engine.infill(r) for r in requests]
+    jobs = [scheduler.submit(r) for r in requests]
+    together = [job.future.result(timeout=120) for job in jobs]
+    assert [t.result.text for t in together] == [a.text for a in alone]
+    assert [t.result.steps for t in together] == [a.steps for a in alone]
+    assert max(t.batch_size for t in together) == 8  # 12 requests, 8 slots: really batched
+    reports = scheduler.reports  # type: ignore[attr-defined]
+    assert max(r.canvases for r in reports) == 8
+    assert sum(r.canvases for r in reports) == sum(a.steps for a in alone)
+
+
+def test_drafts_arrive_per_step_and_end_final(scheduler: BatchScheduler) -> None:
+    drafts: list[tuple[str, int, int, bool]] = []
+    request = _requests(1)[0]
+    result = scheduler.infill(request, on_draft=lambda *d: drafts.append(d))
+    assert [d[1] for d in drafts] == list(range(1, result.steps + 1))
+    assert drafts[-1][3] and not any(d[3] for d in drafts[:-1])
+    assert drafts[-1][0] == result.text
+
+
+def test_cancel_stops_one_request_not_the_others(engine: Engine, scheduler: BatchScheduler) -> None:
+    long = InfillRequest(prefix="x = ", suffix="\n", language="python", kind=HoleKind.BLOCK,
+                         settings=SamplerSettings(max_steps=200, confidence_threshold=0.0), max_canvas=64)
+    started = threading.Event()
+    job = scheduler.submit(long, on_draft=lambda *d: started.set())
+    others = [scheduler.submit(r) for r in _requests(3)]
+    assert started.wait(60)
+    job.cancel()
+    with pytest.raises(Cancelled):
+        job.future.result(timeout=60)
+    expected = [engine.infill(r).text for r in _requests(3)]
+    assert [o.future.result(timeout=60).result.text for o in others] == expected
+
+
+def test_blocking_infill_honours_cancelled(scheduler: BatchScheduler) -> None:
+    long = InfillRequest(prefix="y = ", suffix="\n", language="python", kind=HoleKind.BLOCK,
+                         settings=SamplerSettings(max_steps=500, confidence_threshold=0.0), max_canvas=64)
+    steps: list[int] = []
+    with pytest.raises(Cancelled):
+        scheduler.infill(long, on_draft=lambda text, step, n, final: steps.append(step), cancelled=lambda: len(steps) >= 3)
+    assert 3 <= len(steps) < 500
+
+
+def test_full_queue_is_refused(engine: Engine) -> None:
+    scheduler = BatchScheduler(engine, max_batch=1, max_queue=1)
+    try:
+        long = InfillRequest(prefix="z = ", suffix="\n", language="python", kind=HoleKind.BLOCK,
+                             settings=SamplerSettings(max_steps=500, confidence_threshold=0.0), max_canvas=64)
+        running = threading.Event()
+        first = scheduler.submit(long, on_draft=lambda *d: running.set())
+        assert running.wait(60)
+        second = scheduler.submit(long)
+        with pytest.raises(QueueFull):
+            scheduler.submit(long)
+        first.cancel()
+        second.cancel()
+        for job in (first, second):
+            with pytest.raises(Cancelled):
+                job.future.result(timeout=60)
+    finally:
+        scheduler.close()
+
+
+def test_a_selection_too_long_is_refused_at_submit(scheduler: BatchScheduler) -> None:
+    request = InfillRequest(prefix="", suffix="", language="python", kind=HoleKind.SELECTION,
+                            seed_text="x = 1\n" * 400, max_canvas=256)
+    with pytest.raises(ValueError, match="select less text"):
+        scheduler.submit(request)
