@@ -46,7 +46,7 @@ def body(i: int, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    server = start_engine_server(tiny_model_dir, tmp_path_factory.mktemp("engine"), "--max-batch", "8", "--max-queue", "64", "--max-steps", str(LONG))
+    server = start_engine_server(tiny_model_dir, tmp_path_factory.mktemp("engine"), "--device", "cpu", "--max-batch", "8", "--max-queue", "64", "--max-steps", str(LONG))
     yield server
     server.stop()
 
@@ -164,7 +164,7 @@ def test_invalid_requests_get_a_clear_400(engine: RunningServer) -> None:
 
 
 def test_a_full_queue_answers_429(tiny_model_dir: Path, tmp_path: Path) -> None:
-    server = start_engine_server(tiny_model_dir, tmp_path, "--max-batch", "1", "--max-queue", "1", "--max-steps", str(LONG), token=None)
+    server = start_engine_server(tiny_model_dir, tmp_path, "--device", "cpu", "--max-batch", "1", "--max-queue", "1", "--max-steps", str(LONG), token=None)
     endless = body(0, stream=True)
     endless["dg"]["sampler"] = {"max_steps": LONG, "confidence_threshold": 0.0}
     try:
