@@ -34,6 +34,25 @@ log = logging.getLogger(__name__)
 TOKENIZER_PATH = "/v1/dg/tokenizer.json"
 
 
+class LatestDraft:
+    """The newest draft of a streamed request: a slow reader skips drafts instead of queueing them."""
+
+    def __init__(self) -> None:
+        self.changed = asyncio.Event()
+        self._latest: tuple[str, int, int] | None = None
+
+    def put(self, draft: tuple[str, int, int]) -> None:
+        """Replace the pending draft (called on the event loop)."""
+        self._latest = draft
+        self.changed.set()
+
+    def take(self) -> tuple[str, int, int] | None:
+        """The pending draft, if any, clearing it."""
+        draft, self._latest = self._latest, None
+        self.changed.clear()
+        return draft
+
+
 class Unauthorized(Exception):
     """The request lacks the configured bearer token."""
 
@@ -190,11 +209,11 @@ def create_app(state: EngineState, token: str | None) -> FastAPI:
                           f"of {state.max_steps}", "invalid_request_error")
         arrived = time.perf_counter()
         loop = asyncio.get_running_loop()
-        drafts: asyncio.Queue[tuple[str, int, int]] = asyncio.Queue()
+        drafts = LatestDraft()
 
         def on_draft(text: str, step: int, max_steps: int, final: bool) -> None:
             if not final:
-                loop.call_soon_threadsafe(drafts.put_nowait, (text, step, max_steps))
+                loop.call_soon_threadsafe(drafts.put, (text, step, max_steps))
 
         wants_drafts = body.stream and body.dg.drafts
         try:
@@ -267,7 +286,7 @@ async def _answer(
 async def _stream(
     job: Job,
     outcome: asyncio.Future[ScheduledResult],
-    drafts: asyncio.Queue[tuple[str, int, int]],
+    drafts: LatestDraft,
     final: Callable[[ScheduledResult], dict[str, Any]],
     record: Callable[[ScheduledResult], None],
     failed: Callable[[BaseException], tuple[int, dict[str, Any]]],
@@ -278,14 +297,14 @@ async def _stream(
     A client that goes away cancels the generator, which cancels the request.
     """
     try:
-        while not outcome.done() or not drafts.empty():
-            getter = asyncio.ensure_future(drafts.get())
-            waiting: set[asyncio.Future[Any]] = {getter, outcome}
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
-                yield {"data": json.dumps(draft_event(*getter.result()))}
-            else:
-                getter.cancel()
+        while not outcome.done():
+            waiter = asyncio.ensure_future(drafts.changed.wait())
+            waiting: set[asyncio.Future[Any]] = {waiter, outcome}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            latest = drafts.take()
+            if latest is not None and not outcome.done():
+                yield {"data": json.dumps(draft_event(*latest))}
         exc = outcome.exception()
         if exc is not None:
             _, error = failed(exc)

@@ -107,10 +107,12 @@ def test_stream_sends_drafts_then_the_answer(engine: RunningServer) -> None:
         events = list(_events(response))
     assert events[-1] == "[DONE]"
     drafts, final = events[:-2], events[-2]
-    assert [d["dg"]["step"] for d in drafts] == list(range(1, len(drafts) + 1))
+    steps = [d["dg"]["step"] for d in drafts]
+    assert drafts and steps == sorted(set(steps))  # a slow reader may skip drafts, never reorder them
+    assert all(d["dg"]["max_steps"] == drafts[0]["dg"]["max_steps"] >= final["dg"]["steps"] for d in drafts)
     assert all(d["choices"][0]["text"] == "" for d in drafts)  # OpenAI delta clients see only the answer
     assert final["choices"][0]["text"] == single["choices"][0]["text"]
-    assert final["dg"]["steps"] == len(drafts) + 1  # the last step's draft is the answer itself
+    assert steps[-1] < final["dg"]["steps"]  # the last step's draft is the answer itself
 
 
 def test_disconnect_cancels_the_request(engine: RunningServer) -> None:
