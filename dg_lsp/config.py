@@ -10,7 +10,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from dg_lsp.engine.sampler import SamplerSettings
 
@@ -52,6 +52,38 @@ class RewriteOptions:
         return SamplerSettings(max_steps=self.max_steps, entropy_bound=entropy_bound, greedy=self.greedy)
 
 
+def _is_url(value: str) -> bool:
+    return value.startswith(("http://", "https://")) and len(value) > len("https://")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Where holes are filled: the resident model (``local``) or an engine server (``remote``)."""
+
+    kind: Literal["local", "remote"] = "local"
+    #: The server's base URL, e.g. ``http://gpu-box:8765`` (a trailing ``/v1`` is accepted).
+    url: str | None = field(default=None, metadata={"check": _is_url, "expect": "an http:// or https:// URL"})
+    #: A file holding the bearer token (one line).
+    token_file: str | None = None
+    #: ``dg``: dg-lsp's engine server (drafts, rewrites); ``openai``: any OpenAI-compatible server (vLLM).
+    dialect: Literal["dg", "openai"] = "dg"
+    #: Model name sent in requests (None: the first one the server lists).
+    model: str | None = None
+    timeout_ms: int = field(default=30000, metadata={"check": _in_range(100, 600000)})
+    connect_timeout_ms: int = field(default=3000, metadata={"check": _in_range(10, 60000)})
+    retries: int = field(default=2, metadata={"check": _in_range(0, 10)})
+    #: openai dialect: a prompt template with ``{prefix}`` and ``{suffix}``, for servers that reject ``suffix``.
+    fim_template: str | None = field(
+        default=None, metadata={"check": lambda v: "{prefix}" in v, "expect": "a template containing {prefix}"}
+    )
+
+    def checked(self, path: str) -> tuple[EngineOptions, list[str]]:
+        """Cross-field check: ``kind: "remote"`` needs a ``url`` (else the local model is used)."""
+        if self.kind == "remote" and self.url is None:
+            return dataclasses.replace(self, kind="local"), [f'{path}kind: "remote" needs {path}url; using the local model']
+        return self, []
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     """All options; ``model`` None means the embedded default model."""
@@ -62,6 +94,7 @@ class ServerOptions:
     reuse_prompt_cache: bool = True
     completion: CompletionOptions = CompletionOptions()
     rewrite: RewriteOptions = RewriteOptions()
+    engine: EngineOptions = EngineOptions()
 
 
 T = TypeVar("T")
@@ -93,7 +126,16 @@ def _coerce(value: Any, annotation: Any) -> Any:
     elif annotation == (str | None):
         if value is None or isinstance(value, str):
             return value
+    elif get_origin(annotation) is Literal:
+        if isinstance(value, str) and value in get_args(annotation):
+            return value
     raise TypeError
+
+
+def _type_name(annotation: Any) -> str:
+    if get_origin(annotation) is Literal:
+        return "choice (" + " | ".join(str(arg) for arg in get_args(annotation)) + ")"
+    return str(getattr(annotation, "__name__", annotation))
 
 
 def parse_options(cls: type[T], raw: Any, path: str = "") -> tuple[T, list[str]]:
@@ -120,14 +162,20 @@ def parse_options(cls: type[T], raw: Any, path: str = "") -> tuple[T, list[str]]
         try:
             coerced = _coerce(value, annotation)
         except TypeError:
-            problems.append(f"{where}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}; using the default")
+            problems.append(f"{where}: {value!r} is not a valid {_type_name(annotation)}; using the default")
             continue
         check = fields[name].metadata.get("check")
         if check is not None and coerced is not None and not check(coerced):
-            problems.append(f"{where}: {value!r} is out of range; using the default")
+            expect = fields[name].metadata.get("expect")
+            problems.append(f"{where}: {value!r} is {f'not {expect}' if expect else 'out of range'}; using the default")
             continue
         values[name] = coerced
-    return cls(**values), problems
+    options = cls(**values)
+    checked = getattr(options, "checked", None)
+    if callable(checked):  # options with rules across fields
+        options, more = checked(path)
+        problems.extend(more)
+    return options, problems
 
 
 def options_to_json(options: Any) -> dict[str, Any]:

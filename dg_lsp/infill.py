@@ -10,7 +10,8 @@ import tree_sitter
 
 from dg_lsp.canvas import HoleKind
 from dg_lsp.config import CompletionOptions, RewriteOptions
-from dg_lsp.engine.engine import Engine, InfillRequest, InfillResult
+from dg_lsp.engine.backend import InfillBackend
+from dg_lsp.engine.engine import InfillRequest, InfillResult
 from dg_lsp.languages import get_parser, has_grammar
 from dg_lsp.syntax import InfillContext, build_context, clean_completion
 
@@ -52,9 +53,9 @@ def printable(text: str) -> str:
     return _CONTROL.sub("", text.replace("\r\n", "\n"))
 
 
-def context_budget(engine: Engine, options: CompletionOptions) -> int:
+def context_budget(backend: InfillBackend, options: CompletionOptions) -> int:
     """The prefix + suffix token budget: the configured one, capped at what the model was trained on."""
-    trained = engine.loaded.context_tokens
+    trained = backend.context_tokens
     return min(options.context_tokens, trained) if trained else options.context_tokens
 
 
@@ -64,7 +65,7 @@ def hole_kind(context: InfillContext) -> HoleKind:
 
 
 def complete(
-    engine: Engine,
+    backend: InfillBackend,
     text: str,
     tree: tree_sitter.Tree | None,
     language: str | None,
@@ -74,8 +75,8 @@ def complete(
     cancelled: Callable[[], bool] | None = None,
 ) -> Completion | None:
     """Infill at ``offset``; None when the model produced nothing worth showing."""
-    budget = context_budget(engine, options)
-    context = build_context(text, tree, language, offset, budget, engine.count_tokens)
+    budget = context_budget(backend, options)
+    context = build_context(text, tree, language, offset, budget, backend.count_tokens)
     request = InfillRequest(
         prefix=context.prefix,
         suffix=context.suffix,
@@ -92,7 +93,7 @@ def complete(
             cleaned = clean_completion(printable(middle), context, language, parse_check=False)
             on_draft(cleaned or "", step, max_steps, final)
 
-    result = engine.infill(request, on_draft=draft if on_draft is not None else None, cancelled=cancelled)
+    result = backend.infill(request, on_draft=draft if on_draft is not None else None, cancelled=cancelled)
     cleaned = clean_completion(printable(result.text), context, language, parse_check=options.parse_check)
     if not cleaned:
         return None
@@ -120,7 +121,7 @@ def minimal_edit(old: str, new: str) -> tuple[int, int, str]:
 
 
 def rewrite(
-    engine: Engine,
+    backend: InfillBackend,
     text: str,
     language: str | None,
     start: int,
@@ -135,8 +136,8 @@ def rewrite(
         raise ValueError(f"invalid selection {start}..{end} in a document of {len(text)} characters")
     selection = text[start:end]
     outside = text[:start] + text[end:]
-    budget = context_budget(engine, completion_options)
-    context = build_context(outside, _parse(outside, language), language, start, budget, engine.count_tokens)
+    budget = context_budget(backend, completion_options)
+    context = build_context(outside, _parse(outside, language), language, start, budget, backend.count_tokens)
     request = InfillRequest(
         prefix=context.prefix,
         suffix=context.suffix,
@@ -154,7 +155,7 @@ def rewrite(
         if on_draft is not None:
             on_draft(printable(middle), step, max_steps, final)
 
-    result = engine.infill(request, on_draft=draft if on_draft is not None else None, cancelled=cancelled)
+    result = backend.infill(request, on_draft=draft if on_draft is not None else None, cancelled=cancelled)
     new_text = printable(result.text)
     if "\r\n" in selection:
         new_text = new_text.replace("\n", "\r\n")

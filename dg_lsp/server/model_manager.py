@@ -1,4 +1,8 @@
-"""The resident model: loaded once, warmed up, swappable by configuration, never fatal."""
+"""The backend behind the server: a resident model (loaded once, warmed up) or a remote engine server.
+
+Swappable by configuration, never fatal: a failed load keeps the previous backend; an engine
+server that cannot be reached yet is kept, so that later requests try it again.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,10 @@ from enum import Enum
 from pathlib import Path
 
 from dg_lsp.canvas import HoleKind
+from dg_lsp.config import EngineOptions
+from dg_lsp.engine.backend import InfillBackend
 from dg_lsp.engine.engine import Engine, InfillRequest
+from dg_lsp.engine.remote import RemoteBackend, RemoteEngineError, RemoteSettings
 from dg_lsp.engine.sampler import SamplerSettings
 from dg_lsp.model.loader import EMBEDDED_MODEL_DIR, ModelLoadError, load_model
 
@@ -26,6 +33,8 @@ class ModelStatus(str, Enum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+    #: Remote engine configured but not answering yet; each request tries again.
+    UNREACHABLE = "unreachable"
 
 
 @dataclass(frozen=True)
@@ -38,26 +47,113 @@ class ModelSpec:
     reuse_prompt_cache: bool = True
 
 
+#: What to run: a local model, or a remote engine server.
+BackendSpec = ModelSpec | RemoteSettings
+
+
 def model_spec(model: str | None, device: str, dtype: str, reuse_prompt_cache: bool = True) -> ModelSpec:
     """The spec for a configured model path (None → the embedded default)."""
     path = Path(model).expanduser() if model else EMBEDDED_MODEL_DIR
     return ModelSpec(path=path, device=device, dtype=dtype, reuse_prompt_cache=reuse_prompt_cache)
 
 
+def remote_settings(options: EngineOptions) -> RemoteSettings:
+    """The remote backend settings for ``engine`` options of kind ``remote``."""
+    if options.url is None:
+        raise ValueError("a remote engine needs a url")
+    return RemoteSettings(
+        url=options.url,
+        token_file=options.token_file,
+        dialect=options.dialect,
+        model=options.model,
+        timeout_s=options.timeout_ms / 1000.0,
+        connect_timeout_s=options.connect_timeout_ms / 1000.0,
+        retries=options.retries,
+        fim_template=options.fim_template,
+    )
+
+
+def engine_facts(spec: BackendSpec | None) -> dict[str, object]:
+    """``dg.info``'s ``engine`` entry: local, or remote with its URL and dialect."""
+    if isinstance(spec, RemoteSettings):
+        return {"kind": "remote", "url": spec.base_url, "dialect": spec.dialect}
+    return {"kind": "local"}
+
+
 class ModelManager:
-    """Holds the current engine; a failed load keeps the previous engine (if any)."""
+    """Holds the current backend; a failed load keeps the previous one (if any)."""
 
     def __init__(self) -> None:
-        self.engine: Engine | None = None
-        self.spec: ModelSpec | None = None
+        self.backend: InfillBackend | None = None
+        self.spec: BackendSpec | None = None
         self.status = ModelStatus.LOADING
         self.error: str | None = None
         self.load_seconds: float | None = None
         self.warmup_seconds: float | None = None
 
-    def load(self, spec: ModelSpec, progress: Progress | None = None) -> None:
-        """Load and warm up ``spec`` (blocking; run it on the engine thread)."""
+    def load(self, spec: BackendSpec, progress: Progress | None = None) -> None:
+        """Switch to ``spec`` (blocking; run it on the engine thread).
+
+        Raises :class:`ModelLoadError` (local) or :class:`RemoteEngineError` (remote) after
+        recording the error; an unreachable server is still adopted (status ``unreachable``).
+        """
         report = progress or (lambda message, percent: None)
+        before = self.status
+        try:
+            if isinstance(spec, RemoteSettings):
+                self._connect(spec, report)
+            else:
+                self._load_local(spec, report)
+        except (ModelLoadError, RemoteEngineError):
+            if self.status is ModelStatus.LOADING:  # nothing new adopted: the previous backend stays
+                self.status = before if self.backend is not None else ModelStatus.FAILED
+            raise
+
+    def note_success(self) -> None:
+        """A request went through: an engine server that was unreachable (or refusing) works now."""
+        if self.status in (ModelStatus.UNREACHABLE, ModelStatus.FAILED) and self.backend is not None:
+            self.status, self.error = ModelStatus.READY, None
+
+    def note_failure(self, exc: RemoteEngineError) -> None:
+        """A remote request failed: remember why (``dg.info`` shows it)."""
+        self.error = str(exc)
+        if exc.unreachable and self.status is ModelStatus.READY:
+            self.status = ModelStatus.UNREACHABLE
+
+    def close(self) -> None:
+        """Release the backend (closes a remote backend's connections)."""
+        self._adopt(None, None)
+
+    def _adopt(self, backend: InfillBackend | None, spec: BackendSpec | None) -> None:
+        old = self.backend
+        self.backend, self.spec = backend, spec
+        if isinstance(old, RemoteBackend) and old is not backend:
+            old.close()
+
+    def _connect(self, settings: RemoteSettings, report: Progress) -> None:
+        self.status = ModelStatus.LOADING
+        report(f"connecting to {settings.base_url}", 10)
+        started = time.perf_counter()
+        try:
+            backend = RemoteBackend(settings)  # reads the token file
+        except RemoteEngineError as exc:
+            self.error = str(exc)
+            raise
+        self._adopt(backend, settings)
+        self.warmup_seconds = None
+        try:
+            facts = backend.connect()
+        except RemoteEngineError as exc:  # kept: each request tries again
+            self.error = str(exc)
+            self.status = ModelStatus.UNREACHABLE if exc.unreachable else ModelStatus.FAILED
+            log.warning("engine server not available: %s", exc)
+            raise
+        self.load_seconds = time.perf_counter() - started
+        self.status, self.error = ModelStatus.READY, None
+        report("ready", 100)
+        log.info("engine server %s ready: %s", settings.base_url, facts.get("model"))
+
+    def _load_local(self, spec: ModelSpec, report: Progress) -> None:
         self.status = ModelStatus.LOADING
         started = time.perf_counter()
         report(f"loading {spec.path.name}", 5)
@@ -65,7 +161,6 @@ class ModelManager:
             loaded = load_model(spec.path, spec.device, spec.dtype)
         except ModelLoadError as exc:
             self.error = str(exc)
-            self.status = ModelStatus.READY if self.engine is not None else ModelStatus.FAILED
             log.error("model load failed: %s", exc)
             raise
         self.load_seconds = time.perf_counter() - started
@@ -83,7 +178,8 @@ class ModelManager:
                 )
             )
         self.warmup_seconds = time.perf_counter() - started
-        self.engine, self.spec, self.error = engine, spec, None
+        self._adopt(engine, spec)
+        self.error = None
         self.status = ModelStatus.READY
         report("ready", 100)
         log.info("model ready: %s (load %.1fs, warm-up %.1fs)", spec.path, self.load_seconds, self.warmup_seconds)

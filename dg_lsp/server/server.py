@@ -15,14 +15,22 @@ from pygls.lsp.server import LanguageServer
 
 from dg_lsp import __version__
 from dg_lsp.config import ServerOptions, options_to_json, parse_options
+from dg_lsp.engine.backend import InfillBackend
 from dg_lsp.engine.denoiser import Cancelled
-from dg_lsp.engine.engine import Engine
+from dg_lsp.engine.remote import RemoteEngineError, RemoteSettings
 from dg_lsp.infill import complete, rewrite
 from dg_lsp.languages import detect_language
 from dg_lsp.model.loader import ModelLoadError
 from dg_lsp.server.drafts import DraftNotifier
 from dg_lsp.server.jobs import JobRunner
-from dg_lsp.server.model_manager import ModelManager, ModelSpec, ModelStatus, model_spec
+from dg_lsp.server.model_manager import (
+    BackendSpec,
+    ModelManager,
+    ModelStatus,
+    engine_facts,
+    model_spec,
+    remote_settings,
+)
 from dg_lsp.server.suggestions import SuggestionMemory
 from dg_lsp.special_tokens import LANGUAGES
 from dg_lsp.syntax import DocumentTree
@@ -43,7 +51,7 @@ class OpenDocument:
 
 
 class DgServer(LanguageServer):
-    """pygls server holding the resident model, open documents and suggestion memory."""
+    """pygls server holding the backend (resident model or engine server), open documents and suggestion memory."""
 
     def __init__(self, model_override: str | None = None) -> None:
         super().__init__("dg-lsp", __version__, text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
@@ -80,8 +88,10 @@ class DgServer(LanguageServer):
         self._announced.add(message)
         self.window_show_message(types.ShowMessageParams(type=kind, message=f"dg-lsp: {message}"))
 
-    def wanted_spec(self) -> ModelSpec:
-        """The model the current options ask for."""
+    def wanted_spec(self) -> BackendSpec:
+        """The backend the current options ask for: an engine server, or a local model."""
+        if self.options.engine.kind == "remote" and self.options.engine.url is not None:
+            return remote_settings(self.options.engine)
         model = self.options.model or self.model_override or os.environ.get("DG_LSP_MODEL") or None
         return model_spec(model, self.options.device, self.options.dtype, self.options.reuse_prompt_cache)
 
@@ -101,18 +111,19 @@ class DgServer(LanguageServer):
         previous = self._load_task
         self._load_task = asyncio.ensure_future(self._load(spec, previous))
 
-    async def _load(self, spec: ModelSpec, previous: asyncio.Task[None] | None) -> None:
+    async def _load(self, spec: BackendSpec, previous: asyncio.Task[None] | None) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
         loop = asyncio.get_running_loop()
         token = str(uuid.uuid4())
         window = self.client_capabilities.window
         progress = bool(window and window.work_done_progress)
+        what = f"connecting to {spec.base_url}" if isinstance(spec, RemoteSettings) else f"loading {spec.path}"
         if progress:
             try:
                 await self.window_work_done_progress_create_async(types.WorkDoneProgressCreateParams(token=token))
                 self.work_done_progress.begin(
-                    token, types.WorkDoneProgressBegin(title="dg-lsp", message=f"loading {spec.path}", percentage=0)
+                    token, types.WorkDoneProgressBegin(title="dg-lsp", message=what, percentage=0)
                 )
             except Exception:  # a client that refuses progress still gets a model
                 progress = False
@@ -126,39 +137,54 @@ class DgServer(LanguageServer):
             await self.jobs.run_exclusive(lambda: self.models.load(spec, report))
             self.memory.clear()
         except ModelLoadError as exc:
-            still = " (keeping the previous model)" if self.models.engine is not None else "; completions are off"
+            still = " (keeping the previous model)" if self.models.backend is not None else "; completions are off"
             self.announce(f"could not load the model: {exc}{still}")
+        except RemoteEngineError as exc:
+            if self.models.spec == spec:  # adopted, not answering yet: requests will try again
+                self.memory.clear()
+                self.announce(str(exc))
+            else:
+                still = " (keeping the previous engine)" if self.models.backend is not None else "; completions are off"
+                self.announce(f"{exc}{still}")
         except Exception as exc:  # never let a load take the server down
             log.exception("unexpected model load failure")
             self.announce(f"could not load the model: {type(exc).__name__}: {exc}")
-            self.models.status = ModelStatus.READY if self.models.engine is not None else ModelStatus.FAILED
+            self.models.status = ModelStatus.READY if self.models.backend is not None else ModelStatus.FAILED
         finally:
             if progress:
                 self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=self.models.status.value))
 
-    async def engine(self) -> Engine | None:
-        """The resident engine, waiting for a load in progress; None if there is none."""
+    async def backend(self) -> InfillBackend | None:
+        """The current backend, waiting for a load in progress; None if there is none."""
         task = self._load_task
         if task is not None and not task.done():
             await asyncio.shield(task)
-        return self.models.engine
+        return self.models.backend
+
+    def remote_failed(self, exc: RemoteEngineError) -> None:
+        """A request to the engine server failed: record it and tell the user (once per message)."""
+        self.models.note_failure(exc)
+        self.announce(str(exc))
 
     def info(self) -> dict[str, Any]:
         """What ``dg.info`` returns."""
-        engine = self.models.engine
-        loaded = engine.loaded if engine is not None else None
+        backend = self.models.backend
+        facts = backend.describe() if backend is not None else {}
+        wanted = self.wanted_spec()
+        path = facts.get("modelPath") or (None if isinstance(wanted, RemoteSettings) else str(wanted.path))
         stats = self.jobs.stats
         return {
             "version": __version__,
             "status": self.models.status.value,
             "error": self.models.error,
-            "model": loaded.name if loaded else None,
-            "modelPath": str(loaded.path) if loaded else str(self.wanted_spec().path),
-            "device": str(loaded.device) if loaded else None,
-            "dtype": str(loaded.dtype).removeprefix("torch.") if loaded else None,
-            "parameters": loaded.parameters if loaded else None,
-            "canvasLength": loaded.canvas_length if loaded else None,
-            "trainedContextTokens": loaded.context_tokens if loaded else None,
+            "engine": engine_facts(self.models.spec or wanted),
+            "model": facts.get("model"),
+            "modelPath": path,
+            "device": facts.get("device"),
+            "dtype": facts.get("dtype"),
+            "parameters": facts.get("parameters"),
+            "canvasLength": facts.get("canvasLength"),
+            "trainedContextTokens": facts.get("trainedContextTokens"),
             "languages": [lang for lang in LANGUAGES if lang != "text"],
             "loadSeconds": self.models.load_seconds,
             "warmupSeconds": self.models.warmup_seconds,
@@ -249,8 +275,8 @@ def create_server(model_override: str | None = None) -> DgServer:
             return types.InlineCompletionList(items=items)
         if not ls.options.completion.enabled:
             return types.InlineCompletionList(items=[])
-        engine = await ls.engine()
-        if engine is None:
+        backend = await ls.backend()
+        if backend is None:
             return types.InlineCompletionList(items=[])
         options = ls.options.completion
         notifier = DraftNotifier(
@@ -265,11 +291,15 @@ def create_server(model_override: str | None = None) -> DgServer:
             result = await ls.jobs.run(
                 f"complete:{uri}",
                 lambda cancelled: complete(
-                    engine, text, snapshot.tree(), language, offset, options, notifier, cancelled
+                    backend, text, snapshot.tree(), language, offset, options, notifier, cancelled
                 ),
             )
         except Cancelled:
             return types.InlineCompletionList(items=[])
+        except RemoteEngineError as exc:
+            ls.remote_failed(exc)
+            return types.InlineCompletionList(items=[])
+        ls.models.note_success()
         snapshot.give_back()
         current = ls.documents.get(uri)
         if current is None or current.version != version:
@@ -319,8 +349,8 @@ async def _rewrite_selection(ls: DgServer, args: tuple[Any, ...]) -> dict[str, A
         raise JsonRpcInvalidParams(f"{REWRITE_COMMAND}: the range is empty")
     version, text = doc.version, doc.tree.text
     reply: dict[str, Any] = {"uri": uri, "version": version, "range": _range_json(ls, range_)}
-    engine = await ls.engine()
-    if engine is None:
+    backend = await ls.backend()
+    if backend is None:
         return {**reply, "text": None, "edit": None, "applied": False, "error": ls.models.error}
     notifier = DraftNotifier(
         asyncio.get_running_loop(),
@@ -334,13 +364,17 @@ async def _rewrite_selection(ls: DgServer, args: tuple[Any, ...]) -> dict[str, A
         result = await ls.jobs.run(
             f"rewrite:{uri}",
             lambda cancelled: rewrite(
-                engine, text, language, start, end, completion_options, rewrite_options, notifier, cancelled
+                backend, text, language, start, end, completion_options, rewrite_options, notifier, cancelled
             ),
         )
     except Cancelled:
         return {**reply, "text": None, "edit": None, "applied": False, "error": "cancelled"}
+    except RemoteEngineError as exc:
+        ls.remote_failed(exc)
+        return {**reply, "text": None, "edit": None, "applied": False, "error": str(exc)}
     except ValueError as exc:
         raise JsonRpcInvalidParams(f"{REWRITE_COMMAND}: {exc}") from exc
+    ls.models.note_success()
     current = ls.documents.get(uri)
     if current is None or current.version != version:
         return {**reply, "text": None, "edit": None, "applied": False, "error": "the document changed; nothing applied"}

@@ -155,7 +155,7 @@ def test_non_object_nested_section() -> None:
 
 def test_options_to_json_is_camel_case() -> None:
     data = options_to_json(ServerOptions())
-    assert set(data) == {"model", "device", "dtype", "reusePromptCache", "completion", "rewrite"}
+    assert set(data) == {"model", "device", "dtype", "reusePromptCache", "completion", "rewrite", "engine"}
     assert data["completion"]["maxSteps"] == 16
     assert data["completion"]["draftIntervalMs"] == 30
     assert data["rewrite"] == {"maxSteps": 24, "noise": 0.5, "greedy": True}
