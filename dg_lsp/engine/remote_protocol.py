@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from dg_lsp.canvas import canvas_length_for
 from dg_lsp.engine.engine import InfillRequest, InfillResult
+from dg_lsp.engine_server import auth
 from dg_lsp.engine.wire import completion_body, result_from_response
 
 Dialect = Literal["dg", "openai"]
@@ -73,16 +74,10 @@ def read_token(path: str | None) -> str | None:
     """The bearer token in ``path`` (whitespace stripped); None without a path."""
     if path is None:
         return None
-    file = Path(path).expanduser()
     try:
-        token = file.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise RemoteEngineError(f"cannot read engine.tokenFile {file}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise RemoteEngineError(f"engine.tokenFile {file} is not a text file") from exc
-    if not token:
-        raise RemoteEngineError(f"engine.tokenFile {file} is empty")
-    return token
+        return auth.read_token(Path(path), "engine.tokenFile")
+    except auth.TokenError as exc:
+        raise RemoteEngineError(str(exc)) from exc
 
 
 def backoff_delays(retries: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S) -> list[float]:

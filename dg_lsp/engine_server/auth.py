@@ -10,16 +10,22 @@ class TokenError(Exception):
     """The token file cannot be used."""
 
 
-def read_token(path: Path) -> str:
-    """The token in ``path`` (surrounding whitespace removed); it must be non-empty."""
+def read_token(path: Path, what: str = "the token file") -> str:
+    """The token in ``path`` (surrounding whitespace removed); it must be non-empty.
+
+    ``what`` names the file in error messages (e.g. the setting it came from).
+    """
+    file = path.expanduser()
     try:
-        token = path.expanduser().read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TokenError(f"cannot read the token file {path}: {exc}") from exc
+        token = file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise TokenError(f"cannot read {what} {file}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise TokenError(f"{what} {file} is not a text file") from exc
     if not token:
-        raise TokenError(f"the token file {path} is empty")
+        raise TokenError(f"{what} {file} is empty")
     if any(c.isspace() for c in token):
-        raise TokenError(f"the token in {path} contains whitespace")
+        raise TokenError(f"the token in {what} {file} contains whitespace")
     return token
 
 
