@@ -9,7 +9,7 @@ Reported per mode and user count: requests/s, middle tokens/s, p50/p95 latency, 
 canvases per forward (from ``/metrics``), and whether batched answers equal unbatched ones.
 
     python benchmarks/engine_server.py                        # embedded model, CPU
-    python benchmarks/engine_server.py --model DIR --device cuda --users 1,2,4,8,16
+    python benchmarks/engine_server.py --model DIR --device cuda --users 1,2,4,8,16 --canvas-batching pad
 """
 
 from __future__ import annotations
@@ -188,9 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the embedded model)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--users", default="1,2,4,8", help="comma-separated concurrent user counts")
-    parser.add_argument("--requests-per-user", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=64, help="requests per measurement, spread over the users")
     parser.add_argument("--steps", type=int, default=16, help="maximum denoising steps per request")
     parser.add_argument("--max-batch", type=int, default=8, help="batch size of the batched server")
+    parser.add_argument("--canvas-batching", default="auto", choices=["auto", "pad", "per-length"],
+                        help="how the batched server groups canvases of different lengths")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the server (default: torch's)")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "engine_server.json")
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default next to the JSON)")
@@ -205,22 +207,26 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(args.device if args.device != "auto" else None)
     date = utc_now()
     facts: dict[str, Any] = {}
-    total = len(modes) * sum(users) * args.requests_per_user
+    per_user = {count: max(1, -(-args.requests // count)) for count in users}
+    total = len(modes) * sum(count * per_user[count] for count in users)
+    servers: dict[str, RunningServer] = {}
     with tempfile.TemporaryDirectory(prefix="dg-engine-bench-") as work, tqdm(
         total=total, desc="requests", unit="req", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True
     ) as bar:
-        for mode, batch in modes.items():
-            server = start_engine_server(
-                args.model, Path(work) / mode, "--device", args.device, "--max-batch", str(batch),
-                "--max-queue", "1024", token=None, threads=args.threads,
-            )
-            try:
-                facts = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"][0]["dg"]
-                asyncio.run(measure(server, mode, 1, holes, 2, args.steps, tqdm(disable=True)))  # warm-up, untimed
-                for count in users:
+        try:
+            for mode, batch in modes.items():  # both stay up; the idle one sleeps on its queue
+                servers[mode] = start_engine_server(
+                    args.model, Path(work) / mode, "--device", args.device, "--max-batch", str(batch),
+                    "--max-queue", "1024", "--canvas-batching", args.canvas_batching, token=None, threads=args.threads,
+                )
+                facts = httpx.get(f"{servers[mode].url}/v1/models", timeout=30).json()["data"][0]["dg"]
+                asyncio.run(measure(servers[mode], mode, 1, holes, 2, args.steps, tqdm(disable=True)))  # warm-up
+            for count in users:  # modes interleaved per user count, so drift in machine load hits both alike
+                for mode in modes:
                     bar.set_postfix_str(f"{mode}, {count} users")
-                    runs.append(asyncio.run(measure(server, mode, count, holes, args.requests_per_user, args.steps, bar)))
-            finally:
+                    runs.append(asyncio.run(measure(servers[mode], mode, count, holes, per_user[count], args.steps, bar)))
+        finally:
+            for server in servers.values():
                 server.stop()
     identical = all(
         r.answers == other.answers
@@ -232,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": command_line(__file__, argv if argv is not None else sys.argv[1:]),
         "date": date, "machine": info, "model": facts, "steps": args.steps, "max_batch": args.max_batch,
-        "requests_per_user": args.requests_per_user, "answers_identical": identical, "plot": str(plot_path),
+        "canvas_batching": args.canvas_batching,
+        "requests": args.requests, "answers_identical": identical, "plot": str(plot_path),
         "runs": [{k: v for k, v in asdict(r).items() if k != "answers"} | {
             "requests_per_s": r.requests_per_s, "tokens_per_s": r.tokens_per_s,
             "canvases_per_forward": r.canvases_per_forward, "latency": summarize(r.latencies_ms)} for r in runs],
@@ -255,7 +262,8 @@ def markdown_block(report: dict[str, Any]) -> str:
         "",
         f"Date: {report['date']}. Model: `{facts.get('model')}` ({fmt(facts.get('parameters', 0) / 1e6)}M parameters), "
         f"{facts.get('device')}/{facts.get('dtype')}; {report['steps']} steps max, adaptive stopping on; "
-        f"{report['requests_per_user']} requests per user, closed loop.",
+        f"about {report['requests']} requests per measurement, each user a closed loop; canvas batching "
+        f"`{report.get('canvas_batching', 'auto')}` (`{'pad' if facts.get('padCanvases') else 'per-length'}`).",
         "",
         f"Machine: {machine_line(report['machine'])}.",
         "",

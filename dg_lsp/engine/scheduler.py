@@ -39,7 +39,7 @@ class ScheduledResult:
 
     result: InfillResult
     queue_ms: float
-    #: Largest number of canvases denoised together with this one.
+    #: Largest number of canvases (this one included) that shared a decoder forward with it.
     batch_size: int
 
 
@@ -81,8 +81,12 @@ class BatchScheduler:
         max_batch: int = 8,
         max_queue: int = 64,
         on_step: Callable[[StepReport], None] | None = None,
+        pad_canvases: bool | None = None,
     ) -> None:
         self.engine = engine
+        #: One forward for all canvases, shorter ones padded (cheap when reading the weights dominates,
+        #: as on a GPU), or one forward per canvas length (no padded compute: better on a CPU).
+        self.pad_canvases = engine.loaded.device.type != "cpu" if pad_canvases is None else pad_canvases
         self.max_batch = max(1, max_batch)
         self.max_queue = max(0, max_queue)
         self._on_step = on_step
@@ -92,7 +96,7 @@ class BatchScheduler:
         self._pool = PromptCachePool(self._model, capacity=2 * self.max_batch)
         self._pending: deque[Job] = deque()
         self._active: list[Job] = []
-        self._prompts: BatchedPrompts | None = None
+        self._prompts: dict[int, BatchedPrompts | None] = {}
         self._condition = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="dg-batch", daemon=True)
@@ -195,38 +199,48 @@ class BatchScheduler:
                 self._model, cache.cache, len(prompt), prepared.spec, prepared.settings, prepared.request.seed
             )
             self._active.append(job)
-            self._prompts = None
+            self._prompts.clear()
 
     def _drop_cancelled(self) -> None:
         for job in [job for job in self._active if job.cancel_event.is_set()]:
             self._finish(job, error=Cancelled())
 
+    def _groups(self, jobs: list[Job]) -> dict[int, list[Job]]:
+        """Jobs denoised by one forward each: all together, or one group per canvas length."""
+        if self.pad_canvases:
+            return {0: jobs}
+        groups: dict[int, list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.prepared.spec.length, []).append(job)
+        return groups
+
     @torch.inference_mode()
     def _step(self) -> None:
         jobs = list(self._active)
-        rows = [job.row for job in jobs if job.row is not None]
-        started = time.perf_counter()
-        logits, self._prompts = batch_logits(self._model, rows, self._prompts)
-        forward_ms = (time.perf_counter() - started) * 1000.0
-        for job, row, row_logits in zip(jobs, rows, logits, strict=True):
-            job.batch_size = max(job.batch_size, len(rows))
-            draft = row.advance(row_logits, self._vocab, self._embed_dtype, started)
-            report = self.engine.draft_reporter(job.on_draft)
-            if report is not None:
-                try:
-                    report(draft)
-                except Exception:  # a broken listener cancels its own request only
-                    log.exception("draft listener failed; cancelling its request")
-                    job.cancel()
-            if row.done:
-                self._finish(job)
-        if self._on_step is not None:
-            self._on_step(StepReport(canvases=len(rows), forward_ms=forward_ms))
+        for key, group in self._groups(jobs).items():
+            rows = [job.row for job in group if job.row is not None]
+            started = time.perf_counter()
+            logits, self._prompts[key] = batch_logits(self._model, rows, self._prompts.get(key))
+            forward_ms = (time.perf_counter() - started) * 1000.0
+            for job, row, row_logits in zip(group, rows, logits, strict=True):
+                job.batch_size = max(job.batch_size, len(rows))
+                draft = row.advance(row_logits, self._vocab, self._embed_dtype, started)
+                report = self.engine.draft_reporter(job.on_draft)
+                if report is not None:
+                    try:
+                        report(draft)
+                    except Exception:  # a broken listener cancels its own request only
+                        log.exception("draft listener failed; cancelling its request")
+                        job.cancel()
+                if row.done:
+                    self._finish(job)
+            if self._on_step is not None:
+                self._on_step(StepReport(canvases=len(rows), forward_ms=forward_ms))
 
     def _finish(self, job: Job, error: BaseException | None = None) -> None:
         if job in self._active:
             self._active.remove(job)
-            self._prompts = None
+            self._prompts.clear()
         if job.cache is not None:
             if error is None or isinstance(error, Cancelled):
                 self._pool.release(job.cache, job.prepared.prompt)

@@ -60,8 +60,11 @@ class Unauthorized(Exception):
 class EngineState:
     """The resident model behind the server: loading, ready or failed."""
 
-    def __init__(self, spec: ModelSpec, max_batch: int, max_queue: int, max_steps: int = 256) -> None:
+    def __init__(
+        self, spec: ModelSpec, max_batch: int, max_queue: int, max_steps: int = 256, pad_canvases: bool | None = None
+    ) -> None:
         self.spec = spec
+        self.pad_canvases = pad_canvases
         self.max_steps = max_steps
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -78,7 +81,9 @@ class EngineState:
             say(f"loading {self.spec.path}")
             loaded = load_model(self.spec.path, self.spec.device, self.spec.dtype)
             engine = Engine(loaded, reuse_prompt_cache=self.spec.reuse_prompt_cache)
-            scheduler = BatchScheduler(engine, self.max_batch, self.max_queue, on_step=self.metrics.on_step)
+            scheduler = BatchScheduler(
+                engine, self.max_batch, self.max_queue, on_step=self.metrics.on_step, pad_canvases=self.pad_canvases
+            )
             say(f"warming up on {loaded.device}")
             for kind in (HoleKind.REST_OF_LINE, HoleKind.LINE):
                 scheduler.infill(
@@ -185,7 +190,7 @@ def create_app(state: EngineState, token: str | None) -> FastAPI:
         if scheduler is None:
             return _error(503, f"the model is {state.status}: {state.error or 'try again shortly'}", "service_unavailable")
         facts = {**scheduler.engine.describe(), "maxBatch": scheduler.max_batch, "maxQueue": scheduler.max_queue,
-                 "tokenizer": TOKENIZER_PATH}
+                 "padCanvases": scheduler.pad_canvases, "maxSteps": state.max_steps, "tokenizer": TOKENIZER_PATH}
         entry = {"id": scheduler.engine.loaded.name, "object": "model", "created": 0, "owned_by": "dg-lsp", "dg": facts}
         return JSONResponse({"object": "list", "data": [entry]})
 

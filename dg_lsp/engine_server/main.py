@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
             "pass --token-file (or --allow-unauthenticated on a trusted network)"
         )
     spec = model_spec(args.model or os.environ.get("DG_LSP_MODEL"), args.device, args.dtype)
-    state = EngineState(spec, max_batch=args.max_batch, max_queue=args.max_queue, max_steps=args.max_steps)
+    state = EngineState(spec, max_batch=args.max_batch, max_queue=args.max_queue, max_steps=args.max_steps,
+                        pad_canvases={"auto": None, "pad": True, "per-length": False}[args.canvas_batching])
     sock = bind(args.host, args.port)
     url = url_of(sock)
     config = uvicorn.Config(create_app(state, token), log_level=args.log_level, access_log=False, lifespan="off")
@@ -94,6 +95,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--allow-unauthenticated", action="store_true", help="serve a non-loopback host without a token")
     p.add_argument("--max-batch", type=int, default=8, help="canvases denoised together per step")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond a full batch before 429")
+    p.add_argument(
+        "--canvas-batching", choices=["auto", "pad", "per-length"], default="auto",
+        help="pad: one forward for all canvases; per-length: one per canvas length; auto: pad on GPU, per-length on CPU",
+    )
     p.add_argument("--max-steps", type=int, default=256, help="largest denoising step budget a request may ask for")
     p.add_argument("--ready-file", default=None, help="write {url, pid, status} here once the model is ready")
     p.set_defaults(func=run)

@@ -138,14 +138,14 @@ def test_engine_server_bench_smoke(tiny_model_dir: Path, tmp_path: Path) -> None
 
     out, png = tmp_path / "server.json", tmp_path / "server.png"
     code = engine_server.main(
-        ["--model", str(tiny_model_dir), "--device", "cpu", "--users", "1,3", "--requests-per-user", "2",
+        ["--model", str(tiny_model_dir), "--device", "cpu", "--users", "1,3", "--requests", "6",
          "--steps", "40", "--threads", "1", "--json", str(out), "--plot", str(png), "--no-progress"]
     )
     assert code == 0 and png.stat().st_size > 0
     report = json.loads(out.read_text())
     runs = {(r["mode"], r["users"]): r for r in report["runs"]}
     assert set(runs) == {("batched", 1), ("batched", 3), ("unbatched", 1), ("unbatched", 3)}
-    assert all(r["requests"] == 2 * r["users"] and len(r["latencies_ms"]) == r["requests"] for r in runs.values())
+    assert all(r["requests"] == 6 and len(r["latencies_ms"]) == 6 for r in runs.values())
     assert runs[("unbatched", 3)]["canvases_per_forward"] == 1.0
     assert runs[("batched", 3)]["canvases_per_forward"] > 1.0  # three users really shared steps
     assert report["answers_identical"] is True
