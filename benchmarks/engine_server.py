@@ -160,6 +160,7 @@ def plot(runs: list[Run], path: Path, title: str) -> Path:
     tput.set(xlabel="concurrent users", ylabel="requests / s", title="throughput")
     lat.set(xlabel="concurrent users", ylabel="latency (ms)", title="latency per request")
     for ax in (tput, lat):
+        ax.set_ylim(bottom=0)
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
         ax.legend()
