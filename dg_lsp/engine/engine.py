@@ -68,6 +68,9 @@ class PreparedInfill:
     settings: SamplerSettings
 
 
+#: More characters than any token spans: text this far from the hole is never in the budget.
+MAX_CHARS_PER_TOKEN = 32
+
 #: Fewest denoising steps a short canvas gets.
 MIN_STEPS = 8
 
@@ -106,10 +109,15 @@ class Engine:
         return text
 
     def prompt_ids(self, request: InfillRequest) -> list[int]:
-        """The encoder ids for a request, trimmed to its context budget (keeping text near the hole)."""
-        prefix_ids = self._ids(request.prefix)
-        suffix_ids = self._ids(request.suffix)
+        """The encoder ids for a request, trimmed to its context budget (keeping text near the hole).
+
+        Text far beyond any budget is cut before tokenising, so a huge prompt costs no more
+        than a large one.
+        """
         budget = max(request.max_context_tokens, 8)
+        reach = budget * MAX_CHARS_PER_TOKEN
+        prefix_ids = self._ids(request.prefix[-reach:])
+        suffix_ids = self._ids(request.suffix[:reach])
         if len(prefix_ids) + len(suffix_ids) > budget:
             keep_suffix = min(len(suffix_ids), max(budget // 4, budget - len(prefix_ids)))
             suffix_ids = suffix_ids[:keep_suffix]

@@ -222,7 +222,8 @@ def create_app(state: EngineState, token: str | None) -> FastAPI:
 
         wants_drafts = body.stream and body.dg.drafts
         try:
-            job = scheduler.submit(body.infill_request(), on_draft if wants_drafts else None)
+            # Tokenising a long prompt takes a while: not on the event loop.
+            job = await asyncio.to_thread(scheduler.submit, body.infill_request(), on_draft if wants_drafts else None)
         except QueueFull as exc:
             metrics.requests.labels(status="rejected").inc()
             return _error(429, f"the engine is busy: {exc}", "rate_limit_error", "queue_full", {"Retry-After": "1"})

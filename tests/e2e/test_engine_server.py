@@ -211,3 +211,10 @@ def test_an_unusable_model_is_reported_not_fatal(tmp_path: Path) -> None:
     (broken / "config.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(RuntimeError, match="not valid JSON"):
         start_engine_server(broken, tmp_path / "work", token=None)
+
+
+def test_a_huge_prompt_is_answered_from_the_text_near_the_hole(engine: RunningServer) -> None:
+    line = "value = compute(items[index]) + offset\n"
+    answer = post(engine, body(0, prompt=line * 50_000, suffix=line * 50_000))  # ~2 MB each side
+    assert answer.status_code == 200
+    assert answer.json()["usage"]["prompt_tokens"] <= 2048 + 8  # the default context budget plus markers

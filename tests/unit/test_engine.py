@@ -298,3 +298,15 @@ def test_step_budget_scales_with_the_canvas() -> None:
     assert steps_for_canvas(full, 128, 256).max_steps == 24
     assert steps_for_canvas(full, 32, 256).max_steps == MIN_STEPS
     assert steps_for_canvas(SamplerSettings(max_steps=4), 32, 256).max_steps == 4  # never more than asked
+
+
+def test_a_huge_prompt_is_cut_before_tokenising_with_the_same_ids(engine: Engine) -> None:
+    line = "total = compute(values[index], weights) + offset  # running sum\n"
+    prefix, suffix = line * 20_000, "\n" + line * 20_000  # ~1.3 MB each side
+    request = InfillRequest(prefix=prefix, suffix=suffix, language="python", kind=HoleKind.LINE, max_context_tokens=256)
+    ids = engine.prompt_ids(request)
+    full_prefix = engine.loaded.tokenizer.encode(prefix, add_special_tokens=False).ids
+    full_suffix = engine.loaded.tokenizer.encode(suffix, add_special_tokens=False).ids
+    keep_suffix = 256 // 4 if len(full_prefix) > 256 else 256 - len(full_prefix)
+    expected = encoder_ids(engine.loaded.layout, full_prefix[-(256 - keep_suffix):], full_suffix[:keep_suffix], "python")
+    assert ids == expected
