@@ -77,6 +77,10 @@ export function initOptions(): Record<string, unknown> {
   if (Object.keys(completion).length > 0) {
     init.completion = completion;
   }
+  const engine = pick(c, 'engine', ['kind', 'url', 'tokenFile', 'dialect', 'model', 'fimTemplate']);
+  if (engine.kind === 'remote') {
+    init.engine = engine;
+  }
   const rewrite = pick(c, 'rewrite', ['maxSteps', 'noise']);
   if (Object.keys(rewrite).length > 0) {
     init.rewrite = rewrite;
