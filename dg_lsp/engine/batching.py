@@ -17,7 +17,7 @@ from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from dg_lsp.engine.denoiser import CanvasRow, row_logits
-from dg_lsp.engine.prompt_cache import cache_layers
+from dg_lsp.engine.prompt_cache import cache_layers, layer_tensors
 from dg_lsp.model.typing import text_config, vocab_size
 
 
@@ -30,11 +30,6 @@ class BatchedPrompts:
     masks: dict[str, torch.Tensor]
     canvas_length: int
     positions: torch.Tensor
-
-
-def _kv(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
-    assert layer.keys is not None and layer.values is not None
-    return layer.keys, layer.values
 
 
 def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
@@ -76,8 +71,7 @@ def batch_prompts(model: DiffusionGemmaForBlockDiffusion, rows: Sequence[CanvasR
     layer_types: list[str] = list(config.layer_types or [])
     for index, (mine, layer_type) in enumerate(zip(cache_layers(stacked), layer_types, strict=True)):
         theirs = [layers[index] for layers in per_row_layers]
-        keys = [_kv(layer)[0] for layer in theirs]
-        values = [_kv(layer)[1] for layer in theirs]
+        keys, values = zip(*(layer_tensors(layer) for layer in theirs), strict=True)
         slots = max(k.shape[-2] for k in keys)
         batch_keys = torch.cat([_left_pad(k, slots) for k in keys], dim=0)
         batch_values = torch.cat([_left_pad(v, slots) for v in values], dim=0)

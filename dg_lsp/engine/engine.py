@@ -68,6 +68,15 @@ class PreparedInfill:
     settings: SamplerSettings
 
 
+def warmup_requests() -> list[InfillRequest]:
+    """Two short requests that exercise the common canvas sizes once after loading."""
+    return [
+        InfillRequest(prefix="def f(x):\n    ", suffix="\n", language="python", kind=kind,
+                      settings=SamplerSettings(max_steps=2))
+        for kind in (HoleKind.REST_OF_LINE, HoleKind.LINE)
+    ]
+
+
 #: More characters than any token spans: text this far from the hole is never in the budget.
 MAX_CHARS_PER_TOKEN = 32
 

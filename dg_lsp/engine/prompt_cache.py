@@ -32,7 +32,8 @@ def cache_layers(cache: DynamicCache) -> list[DynamicLayer]:
     return [cast(DynamicLayer, layer) for layer in cache.layers]
 
 
-def _tensors(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_tensors(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    """A filled layer's keys and values."""
     assert layer.keys is not None and layer.values is not None
     return layer.keys, layer.values
 
@@ -96,7 +97,7 @@ class PromptCache:
             return cache
         view = DynamicCache(config=self._config)
         for mine, theirs in zip(cache_layers(view), layers, strict=True):
-            keys, values = _tensors(theirs)
+            keys, values = layer_tensors(theirs)
             if isinstance(theirs, DynamicSlidingWindowLayer):
                 keys, values = keys[..., -keep:, :], values[..., -keep:, :]
                 if isinstance(mine, DynamicSlidingWindowLayer):
@@ -109,7 +110,7 @@ class PromptCache:
         for layer in cache_layers(cache):
             if not layer.is_initialized:
                 continue
-            keys, values = _tensors(layer)
+            keys, values = layer_tensors(layer)
             layer.keys, layer.values = keys[..., :keep, :], values[..., :keep, :]
             if isinstance(layer, DynamicSlidingWindowLayer):
                 layer.cumulative_length = keep

@@ -21,7 +21,7 @@ import torch
 
 from dg_lsp.engine.batching import BatchedPrompts, batch_logits
 from dg_lsp.engine.cache_pool import PromptCachePool
-from dg_lsp.engine.denoiser import Cancelled, CanvasRow, embedding_dtype
+from dg_lsp.engine.denoiser import Cancelled, CanvasRow, Draft, embedding_dtype
 from dg_lsp.engine.engine import DraftCallback, Engine, InfillRequest, InfillResult, PreparedInfill
 from dg_lsp.engine.prompt_cache import EncodeStats, PromptCache
 from dg_lsp.model.typing import vocab_size
@@ -56,7 +56,8 @@ class Job:
     """A submitted request: its future, cancel flag and (once admitted) its canvas."""
 
     prepared: PreparedInfill
-    on_draft: DraftCallback | None
+    #: Canvas drafts, already turned into text for the caller's callback.
+    report: Callable[[Draft], None] | None
     future: Future[ScheduledResult] = field(default_factory=Future)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
@@ -116,7 +117,7 @@ class BatchScheduler:
     def submit(self, request: InfillRequest, on_draft: DraftCallback | None = None) -> Job:
         """Queue ``request``; raises :class:`QueueFull`, or ValueError for a request that cannot fit."""
         prepared = self.engine.prepare(request)
-        job = Job(prepared=prepared, on_draft=on_draft)
+        job = Job(prepared=prepared, report=self.engine.draft_reporter(on_draft))
         with self._condition:
             if self._closed:
                 raise RuntimeError("the engine is shutting down")
@@ -225,10 +226,9 @@ class BatchScheduler:
             for job, row, row_logits in zip(group, rows, logits, strict=True):
                 job.batch_size = max(job.batch_size, len(rows))
                 draft = row.advance(row_logits, self._vocab, self._embed_dtype, started)
-                report = self.engine.draft_reporter(job.on_draft)
-                if report is not None:
+                if job.report is not None:
                     try:
-                        report(draft)
+                        job.report(draft)
                     except Exception:  # a broken listener cancels its own request only
                         log.exception("draft listener failed; cancelling its request")
                         job.cancel()

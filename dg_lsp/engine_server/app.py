@@ -18,10 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
 from dg_lsp import __version__
-from dg_lsp.canvas import HoleKind
 from dg_lsp.engine.denoiser import Cancelled
-from dg_lsp.engine.engine import Engine, InfillRequest
-from dg_lsp.engine.sampler import SamplerSettings
+from dg_lsp.engine.engine import Engine, warmup_requests
 from dg_lsp.engine.scheduler import BatchScheduler, Job, QueueFull, ScheduledResult
 from dg_lsp.engine.wire import CompletionRequest, cut_at_stops, error_body, result_stats
 from dg_lsp.engine_server.auth import authorized
@@ -85,11 +83,8 @@ class EngineState:
                 engine, self.max_batch, self.max_queue, on_step=self.metrics.on_step, pad_canvases=self.pad_canvases
             )
             say(f"warming up on {loaded.device}")
-            for kind in (HoleKind.REST_OF_LINE, HoleKind.LINE):
-                scheduler.infill(
-                    InfillRequest(prefix="def f(x):\n    ", suffix="\n", language="python", kind=kind,
-                                  settings=SamplerSettings(max_steps=2))
-                )
+            for request in warmup_requests():
+                scheduler.infill(request)
             self.scheduler, self.status = scheduler, "ok"
             say("ready")
         except ModelLoadError as exc:

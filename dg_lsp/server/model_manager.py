@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from dg_lsp.canvas import HoleKind
 from dg_lsp.config import EngineOptions
 from dg_lsp.engine.backend import InfillBackend
-from dg_lsp.engine.engine import Engine, InfillRequest
+from dg_lsp.engine.engine import Engine, warmup_requests
 from dg_lsp.engine.remote import RemoteBackend, RemoteEngineError, RemoteSettings
-from dg_lsp.engine.sampler import SamplerSettings
 from dg_lsp.model.loader import EMBEDDED_MODEL_DIR, ModelLoadError, load_model
 
 log = logging.getLogger(__name__)
@@ -167,16 +165,8 @@ class ModelManager:
         report(f"warming up {spec.path.name} on {loaded.device}", 70)
         engine = Engine(loaded, reuse_prompt_cache=spec.reuse_prompt_cache)
         started = time.perf_counter()
-        for kind in (HoleKind.REST_OF_LINE, HoleKind.LINE):
-            engine.infill(
-                InfillRequest(
-                    prefix="def f(x):\n    ",
-                    suffix="\n",
-                    language="python",
-                    kind=kind,
-                    settings=SamplerSettings(max_steps=2),
-                )
-            )
+        for request in warmup_requests():
+            engine.infill(request)
         self.warmup_seconds = time.perf_counter() - started
         self._adopt(engine, spec)
         self.error = None

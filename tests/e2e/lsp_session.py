@@ -13,6 +13,20 @@ from pytest_lsp import ClientServerConfig, LanguageClient
 
 SERVER = ClientServerConfig(server_command=[sys.executable, "-m", "dg_lsp", "serve", "--log-level", "warning"])
 
+#: A small Python document the session tests complete in.
+STATS_URI = "file:///work/project/stats.py"
+STATS_SOURCE = (
+    "import math\n"
+    "\n"
+    "def mean(xs):\n"
+    "    total = sum(xs)\n"
+    "    return total / len(xs)\n"
+    "\n"
+    "def spread(xs):\n"
+    "    m = mean(xs)\n"
+    "    return math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))\n"
+)
+
 CAPABILITIES = types.ClientCapabilities(
     window=types.WindowClientCapabilities(work_done_progress=True),
     workspace=types.WorkspaceClientCapabilities(

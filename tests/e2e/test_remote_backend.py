@@ -21,20 +21,9 @@ from pygls.exceptions import JsonRpcException
 from pytest_lsp import LanguageClient
 
 from tests.e2e.engine_server import RunningServer, start_engine_server
-from tests.e2e.lsp_session import SERVER, Recorder, attach, change, info, inline, open_document, session_options, start
+from tests.e2e.lsp_session import STATS_SOURCE, STATS_URI, SERVER, Recorder, attach, change, info, inline, open_document, session_options, start
 
-URI = "file:///work/project/stats.py"
-SOURCE = (
-    "import math\n"
-    "\n"
-    "def mean(xs):\n"
-    "    total = sum(xs)\n"
-    "    return total / len(xs)\n"
-    "\n"
-    "def spread(xs):\n"
-    "    m = mean(xs)\n"
-    "    return math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))\n"
-)
+URI, SOURCE = STATS_URI, STATS_SOURCE
 #: Cursor positions compared across engines: ends of lines, mid-line, an empty line.
 POSITIONS = [(3, 19), (4, 11), (7, 8), (8, 4), (5, 0)]
 CANCELLED = 'dg_engine_requests_total{status="cancelled"}'

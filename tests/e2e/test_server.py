@@ -11,20 +11,9 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient
 
-from tests.e2e.lsp_session import SERVER, Recorder, attach, change, inline, info, open_document, start, session_options
+from tests.e2e.lsp_session import STATS_SOURCE, STATS_URI, SERVER, Recorder, attach, change, inline, info, open_document, start, session_options
 
-URI = "file:///work/project/stats.py"
-SOURCE = (
-    "import math\n"
-    "\n"
-    "def mean(xs):\n"
-    "    total = sum(xs)\n"
-    "    return total / len(xs)\n"
-    "\n"
-    "def spread(xs):\n"
-    "    m = mean(xs)\n"
-    "    return math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))\n"
-)
+URI, SOURCE = STATS_URI, STATS_SOURCE
 
 
 @pytest_lsp.fixture(config=SERVER)
