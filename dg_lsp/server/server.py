@@ -31,6 +31,7 @@ from dg_lsp.server.model_manager import (
     model_spec,
     remote_settings,
 )
+from dg_lsp.server.protocol_guard import GuardedProtocol, strict_converter
 from dg_lsp.server.suggestions import SuggestionMemory
 from dg_lsp.special_tokens import LANGUAGES
 from dg_lsp.syntax import DocumentTree
@@ -54,7 +55,13 @@ class DgServer(LanguageServer):
     """pygls server holding the backend (resident model or engine server), open documents and suggestion memory."""
 
     def __init__(self, model_override: str | None = None) -> None:
-        super().__init__("dg-lsp", __version__, text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        super().__init__(
+            "dg-lsp",
+            __version__,
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+            protocol_cls=GuardedProtocol,
+            converter_factory=strict_converter,
+        )
         self.options = ServerOptions()
         self.model_override = model_override
         self.models = ModelManager()
