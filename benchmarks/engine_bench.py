@@ -140,6 +140,7 @@ def random_model(geometry_name: str, device: torch.device, dtype: torch.dtype, s
 
     from dg_lsp import special_tokens as st
     from dg_lsp.canvas import resolve_layout_tokens
+    from dg_lsp.prompting.checkpoint import PromptFacts
     from dg_lsp.model.geometry import GEOMETRIES
     from dg_lsp.model.loader import LoadedModel
     from dg_lsp.model.typing import text_config
@@ -162,7 +163,7 @@ def random_model(geometry_name: str, device: torch.device, dtype: torch.dtype, s
     loaded = LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        layout=resolve_layout_tokens(vocab),
+        prompting=PromptFacts.for_layout(resolve_layout_tokens(vocab)),
         path=Path(f"<random {geometry_name}>"),
         name=f"random-{geometry_name}",
         device=device,

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 import torch
 
@@ -74,6 +75,43 @@ class LayoutTokens:
         return self.language_ids.get(name)
 
 
+class CanvasMarkers(Protocol):
+    """What a canvas needs from a prompt format: the filler after the middle and the ids that end it."""
+
+    @property
+    def end_of_middle(self) -> int:
+        """The token that fills the canvas after the middle (and seeds it after a rewrite's selection)."""
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """Ids that end the middle when they appear in a canvas."""
+
+
+@dataclass(frozen=True)
+class ChatMarkers:
+    """The canvas of an instruction-tuned (chat) checkpoint: it is the model's answer turn.
+
+    Layout::
+
+        encoder:  <bos> <start_of_turn>user INSTRUCTION <end_of_turn> <start_of_turn>model …
+        canvas:   ANSWER <end_of_turn> <end_of_turn> ...            (canvas_length tokens)
+
+    The canvas stops at the checkpoint's eos ids (and its pad id).
+    """
+
+    end_of_middle: int
+    pad: int
+    stop_ids: frozenset[int]
+
+
+def chat_markers(eos_ids: Sequence[int], pad: int, end_of_turn: int | None) -> ChatMarkers:
+    """Markers for a chat canvas: ``end_of_turn`` (when it is an eos id) or the first eos id fills it."""
+    if not eos_ids:
+        raise ValueError("a chat canvas needs at least one eos id")
+    filler = end_of_turn if end_of_turn is not None and end_of_turn in eos_ids else eos_ids[0]
+    return ChatMarkers(end_of_middle=filler, pad=pad, stop_ids=frozenset([*eos_ids, pad]))
+
+
 #: Alternative spellings of the FIM markers in third-party tokenizers (e.g. Gemma's).
 _MARKER_ALIASES: dict[str, tuple[str, ...]] = {
     st.FIM_PREFIX: (st.FIM_PREFIX, "<|fim_prefix|>"),
@@ -84,6 +122,15 @@ _MARKER_ALIASES: dict[str, tuple[str, ...]] = {
     st.PAD: (st.PAD,),
     st.EOS: (st.EOS,),
 }
+
+
+def has_layout_tokens(vocab: dict[str, int]) -> bool:
+    """Whether a vocabulary has every FIM marker the layout needs."""
+    try:
+        resolve_layout_tokens(vocab)
+    except ValueError:
+        return False
+    return True
 
 
 def resolve_layout_tokens(vocab: dict[str, int]) -> LayoutTokens:
@@ -143,7 +190,7 @@ def canvas_length_for(kind: HoleKind, max_length: int, needed: int = 0) -> int:
     return max_length
 
 
-def canvas_target(tokens: LayoutTokens, middle_ids: Sequence[int], canvas_length: int) -> list[int]:
+def canvas_target(tokens: CanvasMarkers, middle_ids: Sequence[int], canvas_length: int) -> list[int]:
     """The clean canvas for a middle: its tokens, then ``<eom>`` to the end.
 
     A middle longer than ``canvas_length - 1`` is truncated so that at least one ``<eom>``
@@ -153,7 +200,7 @@ def canvas_target(tokens: LayoutTokens, middle_ids: Sequence[int], canvas_length
     return body + [tokens.end_of_middle] * (canvas_length - len(body))
 
 
-def middle_from_canvas(tokens: LayoutTokens, canvas_ids: Sequence[int]) -> tuple[list[int], bool]:
+def middle_from_canvas(tokens: CanvasMarkers, canvas_ids: Sequence[int]) -> tuple[list[int], bool]:
     """The middle's ids in a canvas (up to the first stop token) and whether it ended."""
     out: list[int] = []
     for token in canvas_ids:

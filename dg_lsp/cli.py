@@ -46,7 +46,7 @@ def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     spec = model_spec(args.model or os.environ.get("DG_LSP_MODEL"), args.device, args.dtype)
     try:
-        return Engine(load_model(spec.path, spec.device, spec.dtype))
+        return Engine(load_model(spec.path, spec.device, spec.dtype), prompt_format=args.prompt_format)
     except ModelLoadError as exc:
         raise SystemExit(f"dg-lsp: {exc}") from exc
 
@@ -98,7 +98,7 @@ def cmd_infill(args: argparse.Namespace) -> int:
     offset = _position(doc, args.line - 1, args.col - 1)
     engine = _engine(args)
     completion_options, _ = _options(args)
-    result = complete(engine, doc.text, doc.tree, language, offset, completion_options)
+    result = complete(engine, doc.text, doc.tree, language, offset, completion_options, file_name=args.file.name)
     if args.json:
         payload: dict[str, object] = {"text": result.text if result else "", "raw": result.raw if result else None}
         if result:
@@ -123,17 +123,25 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
         raise SystemExit("dg-lsp: the range is empty")
     engine = _engine(args)
     completion_options, rewrite_options = _options(args)
-    result = rewrite(engine, doc.text, language, start, end, completion_options, rewrite_options)
+    result = rewrite(
+        engine, doc.text, language, start, end, completion_options, rewrite_options, file_name=args.file.name
+    )
     sys.stdout.write(result.new_text if result else doc.text[start:end])
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print model, device, dtype and languages."""
+    from dg_lsp.config import CompletionOptions, RewriteOptions
+    from dg_lsp.engine.engine import sampler_json
     from dg_lsp.languages import SUPPORTED_LANGUAGES
 
     engine = _engine(args)
     info = {"version": __version__, **engine.describe(), "languages": list(SUPPORTED_LANGUAGES)}
+    info["sampler"] = {  # what completions and rewrites run with by default (settings override)
+        "completion": sampler_json(CompletionOptions().sampler(engine.sampler_defaults)),
+        "rewrite": sampler_json(RewriteOptions().sampler(None, engine.sampler_defaults)),
+    }
     print(json.dumps(info, indent=2))
     return 0
 
@@ -151,9 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default=None, help="checkpoint directory (default: DG_LSP_MODEL or the embedded model)")
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
         p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+        p.add_argument(
+            "--prompt-format", default="auto", choices=["auto", "fim", "chat"],
+            help="auto: FIM when the tokenizer has the markers, else the checkpoint's chat template",
+        )
 
     def sampling_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--steps", type=int, default=16, help="maximum denoising steps")
+        p.add_argument("--steps", type=int, default=None, help="maximum denoising steps (default: the model's own)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--language", default=None, help="override the language detected from the file name")
         p.add_argument("--no-parse-check", action="store_true", help="keep completions that parse worse")

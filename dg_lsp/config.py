@@ -10,7 +10,8 @@ import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+import types
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from dg_lsp.engine.sampler import SamplerSettings
 
@@ -24,32 +25,50 @@ class CompletionOptions:
     """Inline completion."""
 
     enabled: bool = True
-    max_steps: int = field(default=16, metadata={"check": _in_range(1, 256)})
+    #: None: the model's own (its generation_config.json, else :class:`SamplerSettings`' default).
+    max_steps: int | None = field(default=None, metadata={"check": _in_range(1, 256)})
     context_tokens: int = field(default=1024, metadata={"check": _in_range(16, 131072)})
     max_canvas: int = field(default=256, metadata={"check": _in_range(8, 4096)})
     draft_interval_ms: int = field(default=30, metadata={"check": _in_range(0, 10000)})
     parse_check: bool = True
     greedy: bool = True
-    entropy_bound: float = field(default=0.1, metadata={"check": _in_range(1e-6, 1e6)})
+    #: None: the model's own, like ``max_steps``.
+    entropy_bound: float | None = field(default=None, metadata={"check": _in_range(1e-6, 1e6)})
     seed: int = 0
     cache_size: int = field(default=64, metadata={"check": _in_range(0, 100000)})
 
-    def sampler(self) -> SamplerSettings:
-        """Sampler settings for completions."""
-        return SamplerSettings(max_steps=self.max_steps, entropy_bound=self.entropy_bound, greedy=self.greedy)
+    def sampler(self, defaults: SamplerSettings = SamplerSettings()) -> SamplerSettings:
+        """Sampler settings for completions: the model's ``defaults`` with what the user set."""
+        return dataclasses.replace(
+            defaults,
+            max_steps=self.max_steps if self.max_steps is not None else defaults.max_steps,
+            entropy_bound=self.entropy_bound if self.entropy_bound is not None else defaults.entropy_bound,
+            greedy=self.greedy,
+        )
+
+
+#: Fewest steps a rewrite gets by default (it re-denoises a whole selection).
+REWRITE_MIN_STEPS = 24
 
 
 @dataclass(frozen=True)
 class RewriteOptions:
     """The rewrite-selection command."""
 
-    max_steps: int = field(default=24, metadata={"check": _in_range(1, 256)})
+    #: None: the model's own step count, at least :data:`REWRITE_MIN_STEPS`.
+    max_steps: int | None = field(default=None, metadata={"check": _in_range(1, 256)})
     noise: float = field(default=0.5, metadata={"check": _in_range(0.0, 1.0)})
     greedy: bool = True
 
-    def sampler(self, entropy_bound: float) -> SamplerSettings:
-        """Sampler settings for rewrites."""
-        return SamplerSettings(max_steps=self.max_steps, entropy_bound=entropy_bound, greedy=self.greedy)
+    def sampler(self, entropy_bound: float | None, defaults: SamplerSettings = SamplerSettings()) -> SamplerSettings:
+        """Sampler settings for rewrites: the model's ``defaults`` with what the user set."""
+        steps = self.max_steps if self.max_steps is not None else max(defaults.max_steps, REWRITE_MIN_STEPS)
+        return dataclasses.replace(
+            defaults,
+            max_steps=steps,
+            entropy_bound=entropy_bound if entropy_bound is not None else defaults.entropy_bound,
+            greedy=self.greedy,
+        )
 
 
 def _is_url(value: str) -> bool:
@@ -65,8 +84,9 @@ class EngineOptions:
     url: str | None = field(default=None, metadata={"check": _is_url, "expect": "an http:// or https:// URL"})
     #: A file holding the bearer token (one line).
     token_file: str | None = None
-    #: ``dg``: dg-lsp's engine server (drafts, rewrites); ``openai``: any OpenAI-compatible server (vLLM).
-    dialect: Literal["dg", "openai"] = "dg"
+    #: ``dg``: dg-lsp's engine server (drafts, rewrites); ``openai``: any OpenAI-compatible server (vLLM);
+    #: ``chat``: an OpenAI-compatible ``/v1/chat/completions`` serving an instruction-tuned model.
+    dialect: Literal["dg", "openai", "chat"] = "dg"
     #: Model name sent in requests (None: the first one the server lists).
     model: str | None = None
     timeout_ms: int = field(default=30000, metadata={"check": _in_range(100, 600000)})
@@ -91,6 +111,8 @@ class ServerOptions:
     model: str | None = None
     device: str = field(default="auto", metadata={"check": lambda v: v in ("auto", "cpu") or v.startswith("cuda")})
     dtype: str = field(default="auto", metadata={"check": lambda v: v in ("auto", "float32", "bfloat16", "float16")})
+    #: auto: FIM when the tokenizer has the layout's markers, else the checkpoint's chat template.
+    prompt_format: Literal["auto", "fim", "chat"] = "auto"
     reuse_prompt_cache: bool = True
     completion: CompletionOptions = CompletionOptions()
     rewrite: RewriteOptions = RewriteOptions()
@@ -123,9 +145,11 @@ def _coerce(value: Any, annotation: Any) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
-    elif annotation == (str | None):
-        if value is None or isinstance(value, str):
-            return value
+    elif get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation):
+        if value is None:
+            return None
+        (inner,) = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return _coerce(value, inner)
     elif get_origin(annotation) is Literal:
         if isinstance(value, str) and value in get_args(annotation):
             return value
@@ -135,6 +159,8 @@ def _coerce(value: Any, annotation: Any) -> Any:
 def _type_name(annotation: Any) -> str:
     if get_origin(annotation) is Literal:
         return "choice (" + " | ".join(str(arg) for arg in get_args(annotation)) + ")"
+    if get_origin(annotation) in (Union, types.UnionType):
+        return " or ".join("null" if arg is type(None) else _type_name(arg) for arg in get_args(annotation))
     return str(getattr(annotation, "__name__", annotation))
 
 

@@ -13,6 +13,7 @@ from dg_lsp.config import CompletionOptions, RewriteOptions
 from dg_lsp.engine.backend import InfillBackend
 from dg_lsp.engine.engine import InfillRequest, InfillResult
 from dg_lsp.languages import get_parser, has_grammar
+from dg_lsp.prompting.answer import clean_chat_answer
 from dg_lsp.syntax import InfillContext, build_context, clean_completion
 
 #: Draft callback: (cleaned draft text, step, max steps, final).
@@ -59,6 +60,13 @@ def context_budget(backend: InfillBackend, options: CompletionOptions) -> int:
     return min(options.context_tokens, trained) if trained else options.context_tokens
 
 
+def answer_text(backend: InfillBackend, text: str, prefix: str, suffix: str) -> str:
+    """The model's text as code: a chat answer loses fences, thinking and echoed context; control characters go."""
+    if backend.prompt_format == "chat":
+        text = clean_chat_answer(text, prefix, suffix)
+    return printable(text)
+
+
 def hole_kind(context: InfillContext) -> HoleKind:
     """The canvas hole kind for a context-layer completion kind."""
     return HoleKind[context.kind.name]
@@ -73,6 +81,7 @@ def complete(
     options: CompletionOptions,
     on_draft: DraftSink | None = None,
     cancelled: Callable[[], bool] | None = None,
+    file_name: str | None = None,
 ) -> Completion | None:
     """Infill at ``offset``; None when the model produced nothing worth showing."""
     budget = context_budget(backend, options)
@@ -82,19 +91,22 @@ def complete(
         suffix=context.suffix,
         language=language,
         kind=hole_kind(context),
-        settings=options.sampler(),
+        settings=options.sampler(backend.sampler_defaults),
         max_canvas=options.max_canvas,
         max_context_tokens=budget,
         seed=options.seed,
+        file_name=file_name,
     )
 
     def draft(middle: str, step: int, max_steps: int, final: bool) -> None:
         if on_draft is not None:
-            cleaned = clean_completion(printable(middle), context, language, parse_check=False)
+            code = answer_text(backend, middle, context.prefix, context.suffix)
+            cleaned = clean_completion(code, context, language, parse_check=False)
             on_draft(cleaned or "", step, max_steps, final)
 
     result = backend.infill(request, on_draft=draft if on_draft is not None else None, cancelled=cancelled)
-    cleaned = clean_completion(printable(result.text), context, language, parse_check=options.parse_check)
+    code = answer_text(backend, result.text, context.prefix, context.suffix)
+    cleaned = clean_completion(code, context, language, parse_check=options.parse_check)
     if not cleaned:
         return None
     return Completion(
@@ -130,6 +142,7 @@ def rewrite(
     options: RewriteOptions,
     on_draft: DraftSink | None = None,
     cancelled: Callable[[], bool] | None = None,
+    file_name: str | None = None,
 ) -> Rewrite | None:
     """Re-denoise ``text[start:end]`` in context, seeding the canvas with the current selection."""
     if not 0 <= start < end <= len(text):
@@ -143,20 +156,21 @@ def rewrite(
         suffix=context.suffix,
         language=language,
         kind=HoleKind.SELECTION,
-        settings=options.sampler(completion_options.entropy_bound),
+        settings=options.sampler(completion_options.entropy_bound, backend.sampler_defaults),
         max_canvas=max(completion_options.max_canvas, 256),
         max_context_tokens=budget,
         seed_text=selection,
         seed_noise=options.noise,
         seed=completion_options.seed,
+        file_name=file_name,
     )
 
     def draft(middle: str, step: int, max_steps: int, final: bool) -> None:
         if on_draft is not None:
-            on_draft(printable(middle), step, max_steps, final)
+            on_draft(answer_text(backend, middle, context.prefix, context.suffix), step, max_steps, final)
 
     result = backend.infill(request, on_draft=draft if on_draft is not None else None, cancelled=cancelled)
-    new_text = printable(result.text)
+    new_text = answer_text(backend, result.text, context.prefix, context.suffix)
     if "\r\n" in selection:
         new_text = new_text.replace("\n", "\r\n")
     if selection.endswith("\n") and not new_text.endswith("\n"):

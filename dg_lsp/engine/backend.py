@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from dg_lsp.engine.engine import DraftCallback, InfillRequest, InfillResult
+from dg_lsp.engine.sampler import SamplerSettings
 
 
 class InfillBackend(Protocol):
@@ -14,6 +15,14 @@ class InfillBackend(Protocol):
     @property
     def context_tokens(self) -> int | None:
         """The prefix + suffix token budget the model was trained with (None: unknown)."""
+
+    @property
+    def prompt_format(self) -> str:
+        """``fim`` (the text is the middle itself) or ``chat`` (an answer to clean: fences, thinking, echoes)."""
+
+    @property
+    def sampler_defaults(self) -> SamplerSettings:
+        """The model's own sampler (its ``generation_config.json``), used where the settings leave a value unset."""
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens ``text`` encodes to (used to cut context to a budget)."""

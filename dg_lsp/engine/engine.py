@@ -11,11 +11,22 @@ from typing import Any
 
 import torch
 
-from dg_lsp.canvas import HoleKind, canvas_length_for, canvas_target, encoder_ids, middle_from_canvas
+from dg_lsp.canvas import (
+    CanvasMarkers,
+    HoleKind,
+    canvas_length_for,
+    canvas_target,
+    encoder_ids,
+    middle_from_canvas,
+)
 from dg_lsp.engine.denoiser import CanvasSpec, DenoiseOutcome, Draft, denoise
 from dg_lsp.engine.prompt_cache import EncodeStats, PromptCache
 from dg_lsp.engine.sampler import SamplerSettings
-from dg_lsp.model.loader import LoadedModel
+from dg_lsp.model.loader import LoadedModel, ModelLoadError
+from dg_lsp.prompting.answer import strip_thinking
+from dg_lsp.prompting.chat import ChatTemplate, HoleText, instruction
+from dg_lsp.prompting.checkpoint import PromptFormat
+from dg_lsp.prompting.generation import CheckpointSampling
 
 #: Callback for drafts: (middle text so far, step, max steps, final).
 DraftCallback = Callable[[str, int, int, bool], None]
@@ -37,6 +48,8 @@ class InfillRequest:
     seed_text: str | None = None
     seed_noise: float = 0.5
     seed: int = 0
+    #: The document's file name (the chat format names it in the instruction).
+    file_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,19 @@ class PreparedInfill:
     settings: SamplerSettings
 
 
+def sampler_json(settings: SamplerSettings) -> dict[str, Any]:
+    """camelCase form of sampler settings (for ``dg.info`` and ``/v1/models``)."""
+    return {
+        "maxSteps": settings.max_steps,
+        "entropyBound": settings.entropy_bound,
+        "tMin": settings.t_min,
+        "tMax": settings.t_max,
+        "stabilityThreshold": settings.stability_threshold,
+        "confidenceThreshold": settings.confidence_threshold,
+        "greedy": settings.greedy,
+    }
+
+
 def warmup_requests() -> list[InfillRequest]:
     """Two short requests that exercise the common canvas sizes once after loading."""
     return [
@@ -94,11 +120,36 @@ def steps_for_canvas(settings: SamplerSettings, length: int, full_length: int) -
     return replace(settings, max_steps=min(settings.max_steps, scaled))
 
 
-class Engine:
-    """Runs infill jobs on one resident model; jobs are serialised by a lock."""
+def checkpoint_sampler(sampling: CheckpointSampling, base: SamplerSettings = SamplerSettings()) -> SamplerSettings:
+    """``base`` with what the checkpoint's ``generation_config.json`` sets (steps, entropy bound, temperatures…)."""
+    return replace(base, **sampling.sampler_fields())
 
-    def __init__(self, loaded: LoadedModel, reuse_prompt_cache: bool = True) -> None:
+
+class Engine:
+    """Runs infill jobs on one resident model; jobs are serialised by a lock.
+
+    ``prompt_format`` is ``auto`` (FIM when the tokenizer has the layout's markers, else the
+    checkpoint's chat template), ``fim`` or ``chat``; an impossible one is a :class:`ModelLoadError`.
+    """
+
+    def __init__(self, loaded: LoadedModel, reuse_prompt_cache: bool = True, prompt_format: str = "auto") -> None:
         self.loaded = loaded
+        facts = loaded.prompting
+        try:
+            self.prompt_format: PromptFormat = facts.choose(prompt_format, str(loaded.path))
+            self._chat = ChatTemplate(loaded.path) if self.prompt_format == "chat" else None
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        self.markers: CanvasMarkers = (
+            facts.chat_markers() if self._chat is not None or loaded.layout is None else loaded.layout
+        )
+        #: The sampler this model runs with unless the user's settings say otherwise.
+        self.sampler_defaults = checkpoint_sampler(facts.sampling)
+        self._special_texts = sorted(
+            (t.content for t in loaded.tokenizer.get_added_tokens_decoder().values() if t.special),
+            key=len,
+            reverse=True,
+        )
         self._cache = PromptCache(loaded.model, reuse=reuse_prompt_cache)
         self._lock = threading.Lock()
         if loaded.device.type == "cpu":
@@ -113,9 +164,15 @@ class Engine:
         return ids
 
     def decode(self, ids: list[int]) -> str:
-        """Text of a list of token ids."""
-        text: str = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)  # markers never belong in code
-        return text
+        """Text of a list of token ids (a chat answer loses its thinking block first)."""
+        if self._chat is None:
+            text: str = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)  # markers never belong in code
+            return text
+        raw: str = self.loaded.tokenizer.decode(ids, skip_special_tokens=False)
+        answer = strip_thinking(raw)  # its markers may be special tokens: strip before they vanish
+        for special in self._special_texts:
+            answer = answer.replace(special, "")
+        return answer
 
     def prompt_ids(self, request: InfillRequest) -> list[int]:
         """The encoder ids for a request, trimmed to its context budget (keeping text near the hole).
@@ -125,13 +182,37 @@ class Engine:
         """
         budget = max(request.max_context_tokens, 8)
         reach = budget * MAX_CHARS_PER_TOKEN
-        prefix_ids = self._ids(request.prefix[-reach:])
-        suffix_ids = self._ids(request.suffix[:reach])
+        prefix_text, suffix_text = request.prefix[-reach:], request.suffix[:reach]
+        prefix = self.loaded.tokenizer.encode(prefix_text, add_special_tokens=False)
+        suffix = self.loaded.tokenizer.encode(suffix_text, add_special_tokens=False)
+        prefix_ids, suffix_ids = list(prefix.ids), list(suffix.ids)
+        drop_prefix, keep_suffix = 0, len(suffix_ids)
         if len(prefix_ids) + len(suffix_ids) > budget:
             keep_suffix = min(len(suffix_ids), max(budget // 4, budget - len(prefix_ids)))
-            suffix_ids = suffix_ids[:keep_suffix]
-            prefix_ids = prefix_ids[max(0, len(prefix_ids) - (budget - keep_suffix)) :]
-        return encoder_ids(self.loaded.layout, prefix_ids, suffix_ids, request.language)
+            drop_prefix = max(0, len(prefix_ids) - (budget - keep_suffix))
+        if self._chat is None:
+            layout = self.loaded.layout
+            assert layout is not None  # the FIM format is only chosen when the markers exist
+            return encoder_ids(layout, prefix_ids[drop_prefix:], suffix_ids[:keep_suffix], request.language)
+        # Chat: cut the texts where the kept tokens begin / end, then render the whole turn.
+        if drop_prefix:
+            prefix_text = prefix_text[prefix.offsets[drop_prefix][0] :] if drop_prefix < len(prefix_ids) else ""
+        if keep_suffix < len(suffix_ids):
+            suffix_text = suffix_text[: suffix.offsets[keep_suffix - 1][1]] if keep_suffix else ""
+        return self._ids(self.chat_prompt(request, prefix_text, suffix_text))
+
+    def chat_prompt(self, request: InfillRequest, prefix: str, suffix: str) -> str:
+        """The chat format's prompt text for a hole: the checkpoint's template around :func:`instruction`."""
+        assert self._chat is not None
+        hole = HoleText(
+            prefix=prefix,
+            suffix=suffix,
+            language=request.language,
+            kind=request.kind,
+            file_name=request.file_name,
+            selection=request.seed_text,
+        )
+        return self._chat.render(instruction(hole))
 
     @property
     def context_tokens(self) -> int | None:
@@ -149,11 +230,17 @@ class Engine:
             "parameters": loaded.parameters,
             "canvasLength": loaded.canvas_length,
             "trainedContextTokens": loaded.context_tokens,
+            "promptFormat": self.prompt_format,
+            "promptFormats": list(loaded.prompting.formats),
+            "eosIds": sorted(self.markers.stop_ids - {loaded.prompting.pad_id})
+            if self._chat is not None
+            else sorted(self.markers.stop_ids),
+            "sampler": sampler_json(self.sampler_defaults),
         }
 
     def prepare(self, request: InfillRequest) -> PreparedInfill:
         """Tokenise a request and choose its canvas; raises ValueError for a selection too long for the canvas."""
-        layout = self.loaded.layout
+        layout = self.markers
         seed_ids = self._ids(request.seed_text) if request.seed_text is not None else None
         needed = len(seed_ids) + max(8, len(seed_ids) // 4) if seed_ids is not None else 0
         length = canvas_length_for(request.kind, min(request.max_canvas, self.loaded.canvas_length), needed)
@@ -174,7 +261,7 @@ class Engine:
         """Turn canvas drafts into middle-text drafts for ``on_draft``."""
         if on_draft is None:
             return None
-        layout = self.loaded.layout
+        layout = self.markers
 
         def report(draft: Draft) -> None:
             middle, _ = middle_from_canvas(layout, draft.canvas)
@@ -186,7 +273,7 @@ class Engine:
         self, prepared: PreparedInfill, outcome: DenoiseOutcome, stats: EncodeStats, encode_ms: float, denoise_ms: float
     ) -> InfillResult:
         """The :class:`InfillResult` for a finished canvas."""
-        middle, ended = middle_from_canvas(self.loaded.layout, outcome.canvas)
+        middle, ended = middle_from_canvas(self.markers, outcome.canvas)
         return InfillResult(
             text=self.decode(middle),
             ended=ended,

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 
 from dg_lsp.engine.denoiser import Cancelled
 from dg_lsp.engine.engine import DraftCallback, InfillRequest, InfillResult
+from dg_lsp.engine.sampler import SamplerSettings
 from dg_lsp.engine.remote_protocol import (
     RemoteEngineError,
     RemoteSettings,
@@ -35,6 +36,7 @@ from dg_lsp.engine.remote_protocol import (
     read_token,
     request_body,
     result_from_answer,
+    sampler_from_facts,
     server_message,
     status_error,
     unreadable,
@@ -50,7 +52,10 @@ T = TypeVar("T")
 POLL_S = 0.02
 TOKENIZER_PATH = "/v1/dg/tokenizer.json"
 #: ``dg.info`` keys taken from the server's model facts.
-FACT_KEYS = ("modelPath", "device", "dtype", "parameters", "canvasLength", "trainedContextTokens", "maxBatch", "maxQueue")
+FACT_KEYS = (
+    "modelPath", "device", "dtype", "parameters", "canvasLength", "trainedContextTokens", "maxBatch", "maxQueue",
+    "promptFormat", "eosIds", "sampler",
+)
 
 
 class _Draft(NamedTuple):
@@ -111,6 +116,18 @@ class RemoteBackend:
         """The model's trained context budget, as the server reports it (None: unknown)."""
         value = self._facts.get("trainedContextTokens")
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    @property
+    def prompt_format(self) -> str:
+        """``chat`` for the chat dialect or a dg server whose model is prompted in chat; else ``fim``."""
+        if self.settings.dialect == "chat":
+            return "chat"
+        return "chat" if self._facts.get("promptFormat") == "chat" else "fim"
+
+    @property
+    def sampler_defaults(self) -> SamplerSettings:
+        """The server model's sampler as it reports it (dialect dg), else dg-lsp's defaults."""
+        return sampler_from_facts(self._facts.get("sampler"))
 
     def count_tokens(self, text: str) -> int:
         """Exact with the server's tokenizer (dialect dg), else an estimate."""

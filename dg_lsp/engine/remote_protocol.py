@@ -15,10 +15,11 @@ from typing import Any, Literal
 
 from dg_lsp.canvas import canvas_length_for
 from dg_lsp.engine.engine import InfillRequest, InfillResult
+from dg_lsp.engine.sampler import SamplerSettings
 from dg_lsp.engine_server import auth
 from dg_lsp.engine.wire import completion_body, result_from_response
 
-Dialect = Literal["dg", "openai"]
+Dialect = Literal["dg", "openai", "chat"]
 
 #: First retry delay; each further retry waits twice as long.
 BACKOFF_BASE_S = 0.2
@@ -222,6 +223,27 @@ def result_from_answer(answer: dict[str, Any]) -> InfillResult:
         "middle_tokens": usage.get("completion_tokens") or 0,
     }
     return result_from_response(text, stats)
+
+
+_SAMPLER_KEYS = {
+    "maxSteps": ("max_steps", int),
+    "entropyBound": ("entropy_bound", float),
+    "tMin": ("t_min", float),
+    "tMax": ("t_max", float),
+    "stabilityThreshold": ("stability_threshold", int),
+    "confidenceThreshold": ("confidence_threshold", float),
+}
+
+
+def sampler_from_facts(raw: Any) -> SamplerSettings:
+    """The server model's sampler from its facts (``sampler`` in ``/v1/models``); missing or odd values: defaults."""
+    values: dict[str, Any] = {}
+    if isinstance(raw, dict):
+        for key, (name, kind) in _SAMPLER_KEYS.items():
+            value = raw.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                values[name] = kind(value)
+    return SamplerSettings(**values)
 
 
 def model_facts(listing: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:

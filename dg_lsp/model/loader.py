@@ -16,8 +16,9 @@ import torch
 from tokenizers import Tokenizer
 from transformers import DiffusionGemmaForBlockDiffusion
 
-from dg_lsp.canvas import LayoutTokens, resolve_layout_tokens
+from dg_lsp.canvas import LayoutTokens
 from dg_lsp.model.typing import vocab_size
+from dg_lsp.prompting.checkpoint import PromptFacts, read_prompt_facts
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ class LoadedModel:
 
     model: DiffusionGemmaForBlockDiffusion
     tokenizer: Tokenizer
-    layout: LayoutTokens
+    #: How the checkpoint can be prompted: FIM markers, chat template, eos ids, its sampler.
+    prompting: PromptFacts
     path: Path
     name: str
     device: torch.device
@@ -43,6 +45,11 @@ class LoadedModel:
     parameters: int
     #: Largest prefix + suffix token budget the model was trained with (None: unknown).
     context_tokens: int | None = None
+
+    @property
+    def layout(self) -> LayoutTokens | None:
+        """The FIM layout's marker ids (None: the vocabulary has no FIM markers)."""
+        return self.prompting.layout
 
     @property
     def vocab_size(self) -> int:
@@ -107,7 +114,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 def load_model(path: Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load a checkpoint directory onto a device; raises :class:`ModelLoadError` on any failure."""
     path = path.expanduser().resolve()
-    check_model_dir(path)
+    config = check_model_dir(path)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     try:
@@ -115,7 +122,7 @@ def load_model(path: Path, device: str = "auto", dtype: str = "auto") -> LoadedM
     except Exception as exc:  # tokenizers raises plain Exception subclasses
         raise ModelLoadError(f"could not read {path / 'tokenizer.json'}: {exc}") from exc
     try:
-        layout = resolve_layout_tokens(tokenizer.get_vocab(with_added_tokens=True))
+        prompting = read_prompt_facts(path, tokenizer.get_vocab(with_added_tokens=True), config)
     except ValueError as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
     try:
@@ -147,7 +154,7 @@ def load_model(path: Path, device: str = "auto", dtype: str = "auto") -> LoadedM
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        layout=layout,
+        prompting=prompting,
         path=path,
         name=path.name,
         device=target,

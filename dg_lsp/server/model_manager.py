@@ -43,16 +43,22 @@ class ModelSpec:
     device: str
     dtype: str
     reuse_prompt_cache: bool = True
+    #: auto | fim | chat (see :class:`~dg_lsp.engine.engine.Engine`).
+    prompt_format: str = "auto"
 
 
 #: What to run: a local model, or a remote engine server.
 BackendSpec = ModelSpec | RemoteSettings
 
 
-def model_spec(model: str | None, device: str, dtype: str, reuse_prompt_cache: bool = True) -> ModelSpec:
+def model_spec(
+    model: str | None, device: str, dtype: str, reuse_prompt_cache: bool = True, prompt_format: str = "auto"
+) -> ModelSpec:
     """The spec for a configured model path (None → the embedded default)."""
     path = Path(model).expanduser() if model else EMBEDDED_MODEL_DIR
-    return ModelSpec(path=path, device=device, dtype=dtype, reuse_prompt_cache=reuse_prompt_cache)
+    return ModelSpec(
+        path=path, device=device, dtype=dtype, reuse_prompt_cache=reuse_prompt_cache, prompt_format=prompt_format
+    )
 
 
 def remote_settings(options: EngineOptions) -> RemoteSettings:
@@ -157,13 +163,13 @@ class ModelManager:
         report(f"loading {spec.path.name}", 5)
         try:
             loaded = load_model(spec.path, spec.device, spec.dtype)
+            engine = Engine(loaded, reuse_prompt_cache=spec.reuse_prompt_cache, prompt_format=spec.prompt_format)
         except ModelLoadError as exc:
             self.error = str(exc)
             log.error("model load failed: %s", exc)
             raise
         self.load_seconds = time.perf_counter() - started
         report(f"warming up {spec.path.name} on {loaded.device}", 70)
-        engine = Engine(loaded, reuse_prompt_cache=spec.reuse_prompt_cache)
         started = time.perf_counter()
         for request in warmup_requests():
             engine.infill(request)

@@ -8,6 +8,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
@@ -17,6 +18,7 @@ from dg_lsp import __version__
 from dg_lsp.config import ServerOptions, options_to_json, parse_options
 from dg_lsp.engine.backend import InfillBackend
 from dg_lsp.engine.denoiser import Cancelled
+from dg_lsp.engine.engine import sampler_json
 from dg_lsp.engine.remote import RemoteEngineError, RemoteSettings
 from dg_lsp.infill import complete, rewrite
 from dg_lsp.languages import detect_language
@@ -100,7 +102,9 @@ class DgServer(LanguageServer):
         if self.options.engine.kind == "remote" and self.options.engine.url is not None:
             return remote_settings(self.options.engine)
         model = self.options.model or self.model_override or os.environ.get("DG_LSP_MODEL") or None
-        return model_spec(model, self.options.device, self.options.dtype, self.options.reuse_prompt_cache)
+        return model_spec(
+            model, self.options.device, self.options.dtype, self.options.reuse_prompt_cache, self.options.prompt_format
+        )
 
     def apply_options(self, raw: Any) -> None:
         """Parse and adopt options; report problems; reload the model if it changed."""
@@ -192,6 +196,9 @@ class DgServer(LanguageServer):
             "parameters": facts.get("parameters"),
             "canvasLength": facts.get("canvasLength"),
             "trainedContextTokens": facts.get("trainedContextTokens"),
+            "promptFormat": backend.prompt_format if backend is not None else None,
+            "eosIds": facts.get("eosIds"),
+            "sampler": self.effective_sampler(backend),
             "languages": [lang for lang in LANGUAGES if lang != "text"],
             "loadSeconds": self.models.load_seconds,
             "warmupSeconds": self.models.warmup_seconds,
@@ -207,9 +214,26 @@ class DgServer(LanguageServer):
             "options": options_to_json(self.options),
         }
 
+    def effective_sampler(self, backend: InfillBackend | None) -> dict[str, Any] | None:
+        """The sampler completions and rewrites run with: the model's own, overridden by what the settings set."""
+        if backend is None:
+            return None
+        defaults = backend.sampler_defaults
+        completion, rewrite_options = self.options.completion, self.options.rewrite
+        return {
+            "completion": sampler_json(completion.sampler(defaults)),
+            "rewrite": sampler_json(rewrite_options.sampler(completion.entropy_bound, defaults)),
+        }
+
     def send_notification(self, method: str, params: dict[str, Any]) -> None:
         """Send a custom notification (called on the event loop)."""
         self.protocol.notify(method, params)
+
+
+def file_name(uri: str) -> str | None:
+    """The last path segment of a document URI (the chat prompt names the file)."""
+    name = unquote(urlsplit(uri).path).rstrip("/").rsplit("/", 1)[-1]
+    return name or None
 
 
 def _range_json(server: DgServer, range_: types.Range) -> Any:
@@ -298,7 +322,7 @@ def create_server(model_override: str | None = None) -> DgServer:
             result = await ls.jobs.run(
                 f"complete:{uri}",
                 lambda cancelled: complete(
-                    backend, text, snapshot.tree(), language, offset, options, notifier, cancelled
+                    backend, text, snapshot.tree(), language, offset, options, notifier, cancelled, file_name(uri)
                 ),
             )
         except Cancelled:
@@ -371,7 +395,8 @@ async def _rewrite_selection(ls: DgServer, args: tuple[Any, ...]) -> dict[str, A
         result = await ls.jobs.run(
             f"rewrite:{uri}",
             lambda cancelled: rewrite(
-                backend, text, language, start, end, completion_options, rewrite_options, notifier, cancelled
+                backend, text, language, start, end, completion_options, rewrite_options, notifier, cancelled,
+                file_name(uri),
             ),
         )
     except Cancelled:

@@ -17,9 +17,13 @@ def test_defaults() -> None:
     assert options.model is None
     assert (options.device, options.dtype, options.reuse_prompt_cache) == ("auto", "auto", True)
     assert options.completion == CompletionOptions()
-    assert options.completion.max_steps == 16 and options.completion.draft_interval_ms == 30
+    # Unset sampler fields (None) mean "the model's own" (its generation_config.json, else 16 steps).
+    assert options.completion.max_steps is None and options.completion.entropy_bound is None
+    assert options.completion.draft_interval_ms == 30 and options.prompt_format == "auto"
     assert options.completion.parse_check and options.completion.greedy and options.completion.enabled
-    assert options.rewrite == RewriteOptions(max_steps=24, noise=0.5, greedy=True)
+    assert options.rewrite == RewriteOptions(max_steps=None, noise=0.5, greedy=True)
+    assert options.completion.sampler() == SamplerSettings(max_steps=16, entropy_bound=0.1, greedy=True)
+    assert options.rewrite.sampler(None).max_steps == 24
 
 
 @pytest.mark.parametrize("raw", [None, {}])
@@ -135,7 +139,7 @@ def test_one_bad_value_does_not_discard_its_neighbours() -> None:
     )
     assert len(problems) == 1 and problems[0].startswith("completion.maxSteps: ")
     assert options.dtype == "float16"
-    assert (options.completion.max_steps, options.completion.seed, options.completion.greedy) == (16, 9, False)
+    assert (options.completion.max_steps, options.completion.seed, options.completion.greedy) == (None, 9, False)
 
 
 @pytest.mark.parametrize("raw", [[1, 2], "cpu", 42, True])
@@ -155,10 +159,10 @@ def test_non_object_nested_section() -> None:
 
 def test_options_to_json_is_camel_case() -> None:
     data = options_to_json(ServerOptions())
-    assert set(data) == {"model", "device", "dtype", "reusePromptCache", "completion", "rewrite", "engine"}
-    assert data["completion"]["maxSteps"] == 16
+    assert {"model", "device", "dtype", "promptFormat", "reusePromptCache", "completion", "rewrite", "engine"} <= set(data)
+    assert data["completion"]["maxSteps"] is None  # unset: the model's own
     assert data["completion"]["draftIntervalMs"] == 30
-    assert data["rewrite"] == {"maxSteps": 24, "noise": 0.5, "greedy": True}
+    assert data["rewrite"] == {"maxSteps": None, "noise": 0.5, "greedy": True}
     json.dumps(data)  # plain JSON
 
 
@@ -191,3 +195,24 @@ def _get(options: Any, field: tuple[str, ...]) -> Any:
     for name in field:
         options = getattr(options, name)
     return options
+
+
+def test_model_defaults_apply_unless_the_user_set_a_value() -> None:
+    model = SamplerSettings(max_steps=48, entropy_bound=0.2, t_min=0.3, t_max=0.9, confidence_threshold=0.01)
+    unset, _ = parse_options(ServerOptions, {})
+    assert unset.completion.sampler(model) == model
+    assert unset.rewrite.sampler(None, model) == model  # 48 steps: more than the rewrite minimum
+    user, problems = parse_options(ServerOptions, {"completion": {"maxSteps": 12, "entropyBound": 0.5, "greedy": False}})
+    assert problems == []
+    merged = user.completion.sampler(model)
+    assert (merged.max_steps, merged.entropy_bound, merged.greedy) == (12, 0.5, False)
+    assert (merged.t_min, merged.t_max, merged.confidence_threshold) == (0.3, 0.9, 0.01)  # still the model's
+    explicit_null, problems = parse_options(ServerOptions, {"completion": {"maxSteps": None}})
+    assert problems == [] and explicit_null.completion.max_steps is None
+
+
+def test_prompt_format_setting() -> None:
+    options, problems = parse_options(ServerOptions, {"promptFormat": "chat"})
+    assert problems == [] and options.prompt_format == "chat"
+    options, problems = parse_options(ServerOptions, {"promptFormat": "xml"})
+    assert options.prompt_format == "auto" and problems == ["promptFormat: 'xml' is not a valid choice (auto | fim | chat); using the default"]

@@ -70,7 +70,7 @@ def test_an_invalid_url_is_reported_and_remote_then_falls_back() -> None:
     [
         ({"kind": "cluster"}, "engine.kind", "is not a valid choice (local | remote)"),
         ({"kind": 1}, "engine.kind", "is not a valid choice (local | remote)"),
-        ({"dialect": "vllm"}, "engine.dialect", "is not a valid choice (dg | openai)"),
+        ({"dialect": "vllm"}, "engine.dialect", "is not a valid choice (dg | openai | chat)"),
         ({"url": 8765}, "engine.url", "is not a valid"),
         ({"tokenFile": ["a"]}, "engine.tokenFile", "is not a valid"),
         ({"timeoutMs": 50}, "engine.timeoutMs", "is out of range"),
