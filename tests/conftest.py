@@ -24,6 +24,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     base = Path(tempfile.mkdtemp(prefix="dg-lsp-test-"))
     os.environ["DG_LSP_TEST_MODEL"] = str(build_tiny_checkpoint(base / "tiny", seed=0))
     os.environ["DG_LSP_TEST_MODEL_2"] = str(build_tiny_checkpoint(base / "tiny-2", seed=1))
+    from dg_lsp.testing_published import build_published_checkpoint
+
+    # The published DiffusionGemma layout: Gemma's special ids, no FIM markers, chat template, sharded weights.
+    os.environ["DG_LSP_TEST_PUBLISHED_MODEL"] = str(build_published_checkpoint(base / "published", seed=0))
     os.environ["DG_LSP_TEST_BASE"] = str(base)
 
 
@@ -31,6 +35,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     base = os.environ.get("DG_LSP_TEST_BASE")
     if base:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def published_model_dir() -> Path:
+    """The tiny checkpoint in DiffusionGemma's published layout (chat format)."""
+    return Path(os.environ["DG_LSP_TEST_PUBLISHED_MODEL"])
 
 
 @pytest.fixture(scope="session")
