@@ -18,13 +18,12 @@ from dg_lsp.canvas import HoleKind
 #: Where the answer goes, in the code shown to the model.
 HOLE = "<HOLE>"
 
-#: What to produce, per hole kind.
+#: What to produce, per hole kind: the short last line of the turn (it changes as the user moves around).
 TASKS: dict[HoleKind, str] = {
-    HoleKind.REST_OF_LINE: "Write the rest of the line the hole is on: the code from the hole to the end of that line, "
-    "and nothing after it.",
-    HoleKind.LINE: "Write the one line of code that belongs in the hole.",
-    HoleKind.BLOCK: "Write the lines of code that belong in the hole (a statement or a block).",
-    HoleKind.SELECTION: "Rewrite the code that is in the hole now (shown below), improved; keep its purpose.",
+    HoleKind.REST_OF_LINE: "Write the rest of the line at the hole, nothing after it.",
+    HoleKind.LINE: "Write one line of code.",
+    HoleKind.BLOCK: "Write the lines of code that belong there.",
+    HoleKind.SELECTION: "Rewrite the code in the hole, shown here; keep its purpose.",
 }
 
 _LANGUAGE_NAMES = {
@@ -67,13 +66,13 @@ def instruction(hole: HoleText) -> str:
     head = (
         f"Fill in the hole marked {HOLE} in the {language_name(hole.language)} file{where}. "
         "Answer with only the code that goes in the hole: no explanation, no code fences, "
-        "and none of the code before or after the hole.\n\n"
+        "and none of the code before or after the hole. The request for this hole comes last.\n\n"
     )
     after = f"Code after the hole:\n{fence}{tag}\n{HOLE}{hole.suffix}\n{fence}\n\n"
     before = f"Code before the hole:\n{fence}{tag}\n{hole.prefix}{HOLE}\n{fence}\n\n"
     task = TASKS[hole.kind]
     if hole.kind is HoleKind.SELECTION and hole.selection is not None:
-        task += f"\n\nCode in the hole now:\n{fence}{tag}\n{hole.selection}\n{fence}"
+        task += f"\n{fence}{tag}\n{hole.selection}\n{fence}"
     return head + after + before + task
 
 
