@@ -4,7 +4,9 @@ Requests run as tasks on an event loop that the backend owns (one pooled
 ``httpx.AsyncClient``), while the calling worker thread delivers drafts and polls
 ``cancelled()``; cancelling closes the connection, which cancels the denoising on the server.
 Dialect ``dg`` streams drafts (server-sent events); ``openai`` sends standard fields only
-(vLLM or any OpenAI-compatible server) and gets one answer.
+(vLLM or any OpenAI-compatible server) and gets one answer; ``chat`` asks an instruction-tuned
+model through ``/v1/chat/completions`` with the chat format's instruction (its answer is cleaned
+like a local chat answer).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dg_lsp.engine.remote_protocol import (
     RetryableError,
     backoff_delays,
     connection_reason,
+    endpoint,
     estimate_tokens,
     model_facts,
     read_token,
@@ -181,7 +184,7 @@ class RemoteBackend:
             try:
                 answer = await self._get("/v1/models")
             except RemoteEngineError as exc:
-                if exc.status == 404 and self.settings.dialect == "openai":
+                if exc.status == 404 and self.settings.dialect in ("openai", "chat"):
                     return {}  # a server without a model list can still complete
                 raise
             return _json_object(self.url, answer)
@@ -203,7 +206,7 @@ class RemoteBackend:
 
     async def _post_once(self, body: dict[str, Any]) -> InfillResult:
         try:
-            response = await self._client.post("/v1/completions", json=body)
+            response = await self._client.post(endpoint(self.settings), json=body)
         except httpx.TransportError as exc:
             raise self._transport_error(exc) from exc
         self._check(response, response.text)

@@ -18,6 +18,7 @@ from dg_lsp.engine.engine import InfillRequest, InfillResult
 from dg_lsp.engine.sampler import SamplerSettings
 from dg_lsp.engine_server import auth
 from dg_lsp.engine.wire import completion_body, result_from_response
+from dg_lsp.prompting.chat import HoleText, instruction
 
 Dialect = Literal["dg", "openai", "chat"]
 
@@ -122,8 +123,47 @@ def openai_max_tokens(request: InfillRequest) -> int:
     return canvas_length_for(request.kind, request.max_canvas, needed)
 
 
+#: The chat dialect's endpoint (OpenAI chat completions, as vLLM serves it).
+CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+
+
+def endpoint(settings: RemoteSettings) -> str:
+    """The path a dialect posts to."""
+    return CHAT_PATH if settings.dialect == "chat" else COMPLETIONS_PATH
+
+
+def chat_body(request: InfillRequest, model: str | None) -> dict[str, Any]:
+    """A ``/v1/chat/completions`` body: the chat format's instruction as one user turn, thinking off.
+
+    The server applies the model's own chat template; ``chat_template_kwargs`` (vLLM) switches
+    thinking off there, like the local chat format does.
+    """
+    hole = HoleText(
+        prefix=request.prefix,
+        suffix=request.suffix,
+        language=request.language,
+        kind=request.kind,
+        file_name=request.file_name,
+        selection=request.seed_text,
+    )
+    body: dict[str, Any] = {
+        "messages": [{"role": "user", "content": instruction(hole)}],
+        "max_tokens": openai_max_tokens(request),
+        "temperature": 0.0 if request.settings.greedy else request.settings.t_max,
+        "seed": request.seed,
+        "stream": False,
+        "chat_template_kwargs": {"enable_thinking": False},
+    }
+    if model:
+        body["model"] = model
+    return body
+
+
 def request_body(request: InfillRequest, settings: RemoteSettings, model: str | None) -> dict[str, Any]:
-    """The ``/v1/completions`` body: streamed with the ``dg`` extension, or plain OpenAI fields."""
+    """The request body: dg (streamed, with the ``dg`` extension), openai (plain FIM fields) or chat."""
+    if settings.dialect == "chat":
+        return chat_body(request, model)
     if settings.dialect == "dg":
         return completion_body(request, model, stream=True, dialect="dg")
     body = completion_body(request, model, stream=False, dialect="openai")
@@ -201,8 +241,19 @@ def unreadable(url: str, what: object) -> RemoteEngineError:
 
 
 def completion_text(answer: dict[str, Any]) -> str:
-    """``choices[0].text`` of a completions answer (KeyError/TypeError/IndexError if it has none)."""
-    text = answer["choices"][0]["text"]
+    """``choices[0].text`` of a completions answer, or ``choices[0].message.content`` of a chat answer.
+
+    KeyError/TypeError/IndexError if it has neither.
+    """
+    choice = answer["choices"][0]
+    if "message" in choice and "text" not in choice:
+        text = choice["message"]["content"]
+        if text is None:  # a chat answer that only reasoned, or was cut before any content
+            return ""
+        if not isinstance(text, str):
+            raise TypeError(f"choices[0].message.content is {type(text).__name__}")
+        return text
+    text = choice["text"]
     if not isinstance(text, str):
         raise TypeError(f"choices[0].text is {type(text).__name__}")
     return text
