@@ -46,6 +46,8 @@ class DgFields(BaseModel):
     #: Rewrites: the current text of the hole, used to seed the canvas.
     seed_text: str | None = None
     seed_noise: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: The document's file name (a chat-format model's instruction names it).
+    file_name: str | None = Field(default=None, max_length=1024)
     #: Stream a draft event after every denoising step (only with ``stream``).
     drafts: bool = True
 
@@ -92,6 +94,7 @@ class CompletionRequest(BaseModel):
             seed_text=self.dg.seed_text,
             seed_noise=self.dg.seed_noise,
             seed=self.seed or 0,
+            file_name=self.dg.file_name,
         )
 
     def stops(self) -> list[str]:
@@ -135,6 +138,8 @@ def completion_body(request: InfillRequest, model: str | None, stream: bool, dia
             "seed_noise": request.seed_noise,
             "drafts": stream,
         }
+        if request.file_name is not None:
+            body["dg"]["file_name"] = request.file_name
     return body
 
 

@@ -147,3 +147,14 @@ def test_the_chat_dialect_is_a_setting(tmp_path: Path) -> None:
         ServerOptions, {"engine": {"kind": "remote", "url": URL, "dialect": "chat", "model": "diffusiongemma"}}
     )
     assert problems == [] and options.engine == EngineOptions(kind="remote", url=URL, dialect="chat", model="diffusiongemma")
+
+
+def test_the_dg_dialect_carries_the_file_name_to_the_engine_server() -> None:
+    from dg_lsp.engine.wire import CompletionRequest, completion_body
+
+    request = InfillRequest(prefix=PREFIX, suffix=SUFFIX, language="python", kind=HoleKind.LINE, file_name="add.py")
+    body = completion_body(request, "tiny", stream=True, dialect="dg")
+    assert body["dg"]["file_name"] == "add.py"
+    assert CompletionRequest.model_validate(body).infill_request().file_name == "add.py"
+    unnamed = completion_body(InfillRequest(prefix="", suffix="", language=None, kind=HoleKind.LINE), None, stream=False)
+    assert "file_name" not in unnamed["dg"]  # older engine servers reject unknown fields
