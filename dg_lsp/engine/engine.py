@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -145,11 +146,11 @@ class Engine:
         )
         #: The sampler this model runs with unless the user's settings say otherwise.
         self.sampler_defaults = checkpoint_sampler(facts.sampling)
-        self._special_texts = sorted(
-            (t.content for t in loaded.tokenizer.get_added_tokens_decoder().values() if t.special),
-            key=len,
-            reverse=True,
+        specials = sorted(
+            (t.content for t in loaded.tokenizer.get_added_tokens_decoder().values() if t.special), key=len, reverse=True
         )
+        #: Special-token texts a chat answer is cleared of after its thinking block is gone (one pass).
+        self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
         self._cache = PromptCache(loaded.model, reuse=reuse_prompt_cache)
         self._lock = threading.Lock()
         if loaded.device.type == "cpu":
@@ -170,9 +171,7 @@ class Engine:
             return text
         raw: str = self.loaded.tokenizer.decode(ids, skip_special_tokens=False)
         answer = strip_thinking(raw)  # its markers may be special tokens: strip before they vanish
-        for special in self._special_texts:
-            answer = answer.replace(special, "")
-        return answer
+        return self._specials.sub("", answer) if self._specials is not None else answer
 
     def prompt_ids(self, request: InfillRequest) -> list[int]:
         """The encoder ids for a request, trimmed to its context budget (keeping text near the hole).
