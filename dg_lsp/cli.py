@@ -44,9 +44,9 @@ def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from dg_lsp.model.loader import ModelLoadError, load_model
     from dg_lsp.server.model_manager import model_spec
 
-    spec = model_spec(args.model or os.environ.get("DG_LSP_MODEL"), args.device, args.dtype)
+    spec = model_spec(args.model or os.environ.get("DG_LSP_MODEL"), args.device, args.dtype, quantize=args.quantize)
     try:
-        return Engine(load_model(spec.path, spec.device, spec.dtype), prompt_format=args.prompt_format)
+        return Engine(load_model(spec.path, spec.device, spec.dtype, spec.quantize), prompt_format=args.prompt_format)
     except ModelLoadError as exc:
         raise SystemExit(f"dg-lsp: {exc}") from exc
 
@@ -70,8 +70,11 @@ def _position(doc, line: int, col: int) -> int:  # type: ignore[no-untyped-def]
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the language server over stdio or TCP."""
+    from dg_lsp.server.model_manager import QUANTIZE_ENV
     from dg_lsp.server.server import create_server
 
+    if args.quantize:  # the default for the settings' "quantize" (which wins when set)
+        os.environ[QUANTIZE_ENV] = args.quantize
     server = create_server(args.model)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
@@ -146,6 +149,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def quantize_arg(p: argparse.ArgumentParser) -> None:
+    """``--quantize none|fp8|int8`` (shared with ``engine-serve``)."""
+    from dg_lsp.model.quantize import QUANTIZE_MODES
+
+    p.add_argument(
+        "--quantize", default=None, choices=QUANTIZE_MODES,
+        help="weight-only quantization: fp8 or int8 halve the weights' memory "
+        "(default: DG_LSP_QUANTIZE or none)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
     parser = argparse.ArgumentParser(prog="dg-lsp", description="Diffusion code-infilling language server")
@@ -156,9 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", default=None, help="checkpoint directory (default: DG_LSP_MODEL or the embedded model)")
+        p.add_argument(
+            "--model", default=None,
+            help="checkpoint directory or downloaded hub id (default: DG_LSP_MODEL or the embedded model)",
+        )
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
         p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+        quantize_arg(p)
         p.add_argument(
             "--prompt-format", default="auto", choices=["auto", "fim", "chat"],
             help="auto: FIM when the tokenizer has the markers, else the checkpoint's chat template",
@@ -172,7 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", parents=[common], help="run the language server (stdio by default)")
     serve.add_argument("--tcp", default=None, metavar="HOST:PORT")
-    serve.add_argument("--model", default=None, help="checkpoint directory (initializationOptions.model wins)")
+    serve.add_argument(
+        "--model", default=None, help="checkpoint directory or downloaded hub id (initializationOptions.model wins)"
+    )
+    quantize_arg(serve)
     serve.set_defaults(func=cmd_serve)
 
     infill = sub.add_parser("infill", parents=[common], help="print the infill at a position")
@@ -204,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dg-lsp`` console script."""
+    # torchao (imported with transformers' models) warns about GPU kernels this machine cannot load
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level, args.log_file)
     return int(args.func(args))

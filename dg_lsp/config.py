@@ -113,6 +113,8 @@ class ServerOptions:
     dtype: str = field(default="auto", metadata={"check": lambda v: v in ("auto", "float32", "bfloat16", "float16")})
     #: auto: FIM when the tokenizer has the layout's markers, else the checkpoint's chat template.
     prompt_format: Literal["auto", "fim", "chat"] = "auto"
+    #: Weight quantization (none | fp8 | int8); null: ``--quantize`` / ``$DG_LSP_QUANTIZE``, else none.
+    quantize: Literal["none", "fp8", "int8"] | None = None
     reuse_prompt_cache: bool = True
     completion: CompletionOptions = CompletionOptions()
     rewrite: RewriteOptions = RewriteOptions()

@@ -226,6 +226,7 @@ class Engine:
             "modelPath": str(loaded.path),
             "device": str(loaded.device),
             "dtype": str(loaded.dtype).removeprefix("torch."),
+            "quantize": loaded.quantize,
             "parameters": loaded.parameters,
             "canvasLength": loaded.canvas_length,
             "trainedContextTokens": loaded.context_tokens,

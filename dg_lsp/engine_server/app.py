@@ -77,7 +77,7 @@ class EngineState:
         say = on_progress or (lambda message: None)
         try:
             say(f"loading {self.spec.path}")
-            loaded = load_model(self.spec.path, self.spec.device, self.spec.dtype)
+            loaded = load_model(self.spec.path, self.spec.device, self.spec.dtype, self.spec.quantize)
             engine = Engine(loaded, reuse_prompt_cache=self.spec.reuse_prompt_cache)
             scheduler = BatchScheduler(
                 engine, self.max_batch, self.max_queue, on_step=self.metrics.on_step, pad_canvases=self.pad_canvases

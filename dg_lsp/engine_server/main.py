@@ -15,6 +15,7 @@ import uvicorn
 
 from dg_lsp.engine_server.app import EngineState, create_app
 from dg_lsp.engine_server.auth import TokenError, is_loopback, read_token
+from dg_lsp.model.quantize import QUANTIZE_MODES
 from dg_lsp.server.model_manager import model_spec
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             f"dg-lsp engine-serve: refusing to serve on {args.host} without a token: "
             "pass --token-file (or --allow-unauthenticated on a trusted network)"
         )
-    spec = model_spec(args.model or os.environ.get("DG_LSP_MODEL"), args.device, args.dtype)
+    spec = model_spec(args.model or os.environ.get("DG_LSP_MODEL"), args.device, args.dtype, quantize=args.quantize)
     state = EngineState(spec, max_batch=args.max_batch, max_queue=args.max_queue, max_steps=args.max_steps,
                         pad_canvases={"auto": None, "pad": True, "per-length": False}[args.canvas_batching])
     sock = bind(args.host, args.port)
@@ -91,6 +92,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--model", default=None, help="checkpoint directory (default: DG_LSP_MODEL or the embedded model)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument(
+        "--quantize", default=None, choices=QUANTIZE_MODES,
+        help="weight-only quantization: fp8 or int8 (default: DG_LSP_QUANTIZE or none)",
+    )
     p.add_argument("--token-file", default=None, help="file holding the bearer token every request must carry")
     p.add_argument("--allow-unauthenticated", action="store_true", help="serve a non-loopback host without a token")
     p.add_argument("--max-batch", type=int, default=8, help="canvases denoised together per step")

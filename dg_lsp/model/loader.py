@@ -10,24 +10,25 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer
 from transformers import DiffusionGemmaForBlockDiffusion
 
 from dg_lsp.canvas import LayoutTokens
+from dg_lsp.model.errors import ModelLoadError as ModelLoadError  # re-exported: callers import it from here
+from dg_lsp.model.hub import HubModelNotFound, download_command, resolve_model
+from dg_lsp.model.memory import check_fits, load_config
+from dg_lsp.model.quantize import QuantizeError, check_mode
 from dg_lsp.model.typing import vocab_size
+from dg_lsp.model.weights import load_weights, weight_files
 from dg_lsp.prompting.checkpoint import PromptFacts, read_prompt_facts
 
 log = logging.getLogger(__name__)
 
 #: The embedded default model shipped inside the package.
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "dg-code-small"
-
-
-class ModelLoadError(Exception):
-    """A model directory could not be loaded; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class LoadedModel:
     parameters: int
     #: Largest prefix + suffix token budget the model was trained with (None: unknown).
     context_tokens: int | None = None
+    #: Weight quantization: none, fp8 or int8.
+    quantize: str = "none"
 
     @property
     def layout(self) -> LayoutTokens | None:
@@ -81,8 +84,11 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     return table[requested]
 
 
-def check_model_dir(path: Path) -> dict[str, Any]:
-    """Validate a checkpoint directory's files and return its config.json contents."""
+def check_model_dir(path: Path, fix: str = "") -> dict[str, Any]:
+    """Validate a checkpoint directory's files and return its config.json contents.
+
+    ``fix`` is added to a missing or corrupt weight file's message (how to get it again).
+    """
     if not path.exists():
         raise ModelLoadError(f"model directory {path} does not exist")
     if not path.is_dir():
@@ -97,8 +103,7 @@ def check_model_dir(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("model_type") != "diffusion_gemma":
         kind = config.get("model_type") if isinstance(config, dict) else type(config).__name__
         raise ModelLoadError(f"{path} holds a {kind!r} model; dg-lsp needs a DiffusionGemma checkpoint")
-    if not list(path.glob("*.safetensors")):
-        raise ModelLoadError(f"{path} has no *.safetensors weights")
+    weight_files(path, fix)
     if not (path / "tokenizer.json").is_file():
         raise ModelLoadError(f"{path} has no tokenizer.json")
     return config
@@ -111,12 +116,27 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
 
 
-def load_model(path: Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load a checkpoint directory onto a device; raises :class:`ModelLoadError` on any failure."""
-    path = path.expanduser().resolve()
-    config = check_model_dir(path)
+def load_model(
+    path: Path | str, device: str = "auto", dtype: str = "auto", quantize: str = "none", keep_vision: bool = False
+) -> LoadedModel:
+    """Load a checkpoint directory or cached hub id onto a device; raises :class:`ModelLoadError` on any failure.
+
+    Refuses, before reading any weight, a model whose estimated memory exceeds what is free.
+    """
+    try:
+        resolved = resolve_model(path)
+    except HubModelNotFound as exc:
+        raise ModelLoadError(str(exc)) from exc
+    path = resolved.path.expanduser().resolve()
+    fix = f"run `{download_command(resolved.repo_id)}` again to fetch it" if resolved.repo_id else ""
+    config = check_model_dir(path, fix)
+    name = resolved.repo_id or path.name
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
+    try:
+        mode = check_mode(quantize, target)
+    except QuantizeError as exc:
+        raise ModelLoadError(str(exc)) from exc
     try:
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
     except Exception as exc:  # tokenizers raises plain Exception subclasses
@@ -126,20 +146,13 @@ def load_model(path: Path, device: str = "auto", dtype: str = "auto") -> LoadedM
     except ValueError as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
     try:
-        loaded, info = cast(
-            tuple[DiffusionGemmaForBlockDiffusion, dict[str, list[str]]],
-            DiffusionGemmaForBlockDiffusion.from_pretrained(
-                str(path), dtype=torch_dtype, output_loading_info=True, local_files_only=True
-            ),
-        )
-        missing = [key for key in info.get("missing_keys", []) if "vision" not in key]
-        if missing:
-            raise ModelLoadError(f"{path}: weights are incomplete ({len(missing)} tensors missing, e.g. {missing[0]})")
-        mismatched = info.get("mismatched_keys", [])
-        if mismatched:
-            raise ModelLoadError(f"{path}: weights do not match config.json (e.g. {mismatched[0]})")
-        model = loaded.to(target)  # type: ignore[arg-type]
-        model.train(False)
+        model_config = load_config(path)
+    except Exception as exc:  # transformers validates fields with many exception types
+        raise ModelLoadError(f"{path / 'config.json'} is not a usable DiffusionGemma config: {exc}") from exc
+    need = check_fits(model_config, name, target, torch_dtype, mode)
+    log.info("%s needs about %.1f GiB on %s", name, need.total / 2**30, target)
+    try:
+        model = load_weights(path, target, torch_dtype, mode, keep_vision)
     except ModelLoadError:
         raise
     except Exception as exc:  # torch/safetensors/transformers raise many kinds; all mean "unusable"
@@ -150,17 +163,18 @@ def load_model(path: Path, device: str = "auto", dtype: str = "auto") -> LoadedM
         raise ModelLoadError(f"{path}: tokenizer has more tokens than the model's vocabulary")
     parameters = sum(p.numel() for name, p in model.named_parameters() if "vision" not in name)
     context_tokens = _trained_context(path)
-    log.info("loaded %s: %.1fM parameters on %s (%s)", path, parameters / 1e6, target, torch_dtype)
+    log.info("loaded %s: %.1fM parameters on %s (%s, quantize %s)", path, parameters / 1e6, target, torch_dtype, mode)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         prompting=prompting,
         path=path,
-        name=path.name,
+        name=name,
         device=target,
         dtype=torch_dtype,
         parameters=parameters,
         context_tokens=context_tokens,
+        quantize=mode,
     )
 
 

@@ -22,6 +22,7 @@ from typing import cast
 import torch
 from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, DiffusionGemmaTextConfig
 
+from dg_lsp.model.errors import ModelLoadError
 from dg_lsp.model.quantize import Quantize, is_quantized_param, quantized_bytes
 
 #: Environment variable: memory dg-lsp may assume free on the chosen device.
@@ -75,7 +76,7 @@ def parse_size(text: str) -> int:
 
 def load_config(path: Path) -> DiffusionGemmaConfig:
     """The checkpoint's ``DiffusionGemmaConfig`` (from config.json)."""
-    return cast(DiffusionGemmaConfig, DiffusionGemmaConfig.from_pretrained(str(path), local_files_only=True))
+    return DiffusionGemmaConfig.from_pretrained(str(path), local_files_only=True)
 
 
 def _meta_parameters(config: DiffusionGemmaConfig) -> dict[str, tuple[int, ...]]:
@@ -141,10 +142,48 @@ def available_bytes(device: torch.device) -> tuple[int | None, str]:
     """(free bytes on ``device`` or None if unknown, where the number comes from)."""
     override = os.environ.get(MAX_MEMORY_ENV)
     if override:
-        return parse_size(override), MAX_MEMORY_ENV
+        try:
+            return parse_size(override), MAX_MEMORY_ENV
+        except ValueError as exc:
+            raise ModelLoadError(f"{MAX_MEMORY_ENV}: {exc}") from exc
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free), f"free on {device}"
     if device.type == "cpu":
         return _meminfo_available(), "available RAM"
     return None, "unknown"
+
+
+def _smaller_modes(config: DiffusionGemmaConfig, device: torch.device, dtype: torch.dtype, need: MemoryEstimate) -> str:
+    """``--quantize fp8 or int8 (about 28.3 GiB)`` when quantizing would need less, else empty."""
+    if need.quantize != "none":
+        return ""
+    total = estimate(config, dtype, "fp8").total
+    return f"--quantize fp8 or int8 (about {gib(total)})" if total < need.total else ""
+
+
+def refusal(
+    config: DiffusionGemmaConfig, name: str, device: torch.device, need: MemoryEstimate, free: int, source: str
+) -> str:
+    """The sentence that refuses a load that would not fit, naming the ways out."""
+    kind = str(need.dtype).removeprefix("torch.") if need.quantize == "none" else need.quantize
+    where = f"{gib(free)} is {source}" if source != MAX_MEMORY_ENV else f"{MAX_MEMORY_ENV} allows {gib(free)}"
+    ways = []
+    smaller = _smaller_modes(config, device, need.dtype, need)
+    if smaller:
+        ways.append(f"quantize it ({smaller}; setting \"quantize\")")
+    ways.append("use a GPU with more free memory (e.g. --device cuda:1)" if device.type == "cuda" else "use a GPU (--device cuda)")
+    ways.append("or run `dg-lsp engine-serve` on a machine that has the memory and set engine.kind to \"remote\"")
+    return (
+        f"{name} needs about {gib(need.total)} on {device} ({kind} weights {gib(need.weights)} + "
+        f"{gib(need.total - need.weights)} to load and run) but {where}: " + ", ".join(ways)
+    )
+
+
+def check_fits(config: DiffusionGemmaConfig, name: str, device: torch.device, dtype: torch.dtype, quantize: Quantize) -> MemoryEstimate:
+    """The estimate, if it fits in what is free; else :class:`ModelLoadError` with :func:`refusal`'s sentence."""
+    need = estimate(config, dtype, quantize)
+    free, source = available_bytes(device)
+    if free is not None and need.total > free:
+        raise ModelLoadError(refusal(config, name, device, need, free, source))
+    return need

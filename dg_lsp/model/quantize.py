@@ -5,14 +5,18 @@ self-conditioning MLP) and the MoE's fused 3-D expert tensors ``experts.gate_up_
 ``experts.down_proj`` (DiffusionGemma stores experts as ``[experts, out, in]`` parameters, not
 ``nn.Linear``). Kept as they are: the tied embedding / lm_head, the router, norms and scalars.
 
-Modes:
+Modes (CPU and CUDA; each halves the weights of a bfloat16 model):
 
-- ``fp8``: float8 e4m3 weights with one float32 scale per output row; works with transformers'
-  default grouped-matmul experts (the layer's experts are dequantized per forward). CPU and CUDA.
-- ``int8``: int8 weights, one scale and zero point per output row; torchao's int8 tensor has no
-  grouped matmul, so the experts run transformers' per-expert loop (``eager``). CPU and CUDA.
-- ``int4``: groups of 128 weights share a bfloat16 scale and zero point (tinygemm layout); CUDA
-  (compute capability 8.0+) only, experts in the per-expert loop.
+- ``fp8``: float8 e4m3 weights with one float32 scale per output row.
+- ``int8``: int8 weights with a float32 scale and an int8 zero point per output row.
+
+Linear layers multiply through torchao's tensors. The fused experts cannot: torchao's quantized
+tensors refuse views (transpose, indexing) under ``torch.inference_mode``, and its int8 tensor has
+no grouped matmul. So the experts run :func:`dequantized_grouped_mm`, transformers' grouped-matmul
+forward on the layer's experts dequantized for that forward (one layer's worth of transient memory).
+
+int4 is not offered: torchao's int4 layouts need CUDA kernels, and the tinygemm one has neither
+a dequantize nor an indexing op the fused experts could use.
 
 The encoder and decoder share their text weights; quantizing at load keeps them shared.
 """
@@ -27,11 +31,11 @@ import torch
 if TYPE_CHECKING:
     from transformers import TorchAoConfig
 
-Quantize = Literal["none", "fp8", "int8", "int4"]
+Quantize = Literal["none", "fp8", "int8"]
 QUANTIZE_MODES: tuple[str, ...] = get_args(Quantize)
 
-#: int4 group size (weights per scale / zero point).
-INT4_GROUP = 128
+#: The experts implementation registered for quantized modes (see :func:`dequantized_grouped_mm`).
+DEQUANTIZED_EXPERTS = "dg_lsp_dequantized_grouped_mm"
 
 #: Parameter names (as in the checkpoint) that are quantized: text-layer projections and fused experts.
 QUANTIZED_PARAMS = (
@@ -65,32 +69,52 @@ def check_mode(mode: str, device: torch.device) -> Quantize:
     """Validate ``mode`` for ``device``; raises :class:`QuantizeError` with the way out."""
     if mode not in QUANTIZE_MODES:
         raise QuantizeError(f"unknown quantization {mode!r} (use {', '.join(QUANTIZE_MODES)})")
-    if mode == "int4":
-        if device.type != "cuda":
-            raise QuantizeError("--quantize int4 needs a CUDA GPU; on the CPU use fp8 or int8")
-        if torch.cuda.get_device_capability(device)[0] < 8:
-            raise QuantizeError("--quantize int4 needs a GPU of compute capability 8.0 or newer; use fp8 or int8")
     return cast(Quantize, mode)
+
+
+class _DequantizedExperts:
+    """An experts module seen with its quantized fused weights dequantized (for one forward)."""
+
+    def __init__(self, experts: torch.nn.Module) -> None:
+        from torchao.utils import TorchAOBaseTensor
+
+        self._experts = experts
+        for name in ("gate_up_proj", "down_proj"):
+            weight = getattr(experts, name)
+            setattr(self, name, weight.dequantize() if isinstance(weight, TorchAOBaseTensor) else weight)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._experts, name)
+
+
+def dequantized_grouped_mm(
+    experts: torch.nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
+    """transformers' grouped-matmul experts forward on the layer's dequantized expert weights."""
+    from transformers.integrations.moe import grouped_mm_experts_forward
+
+    view = cast(torch.nn.Module, _DequantizedExperts(experts))
+    return grouped_mm_experts_forward(view, hidden_states, top_k_index, top_k_weights)
 
 
 def experts_implementation(mode: Quantize) -> str | None:
     """The experts implementation a mode needs (None: transformers' default, grouped matmul)."""
-    return "eager" if mode in ("int8", "int4") else None
+    if mode == "none":
+        return None
+    from transformers.integrations.moe import ExpertsInterface
+
+    ExpertsInterface.register(DEQUANTIZED_EXPERTS, dequantized_grouped_mm)
+    return DEQUANTIZED_EXPERTS
 
 
 def quantization_config(mode: Quantize) -> TorchAoConfig | None:
     """The ``quantization_config`` for ``from_pretrained`` (None for ``none``)."""
     if mode == "none":
         return None
-    from torchao.quantization import FqnToConfig, Float8WeightOnlyConfig, Int4WeightOnlyConfig, Int8WeightOnlyConfig
+    from torchao.quantization import FqnToConfig, Float8WeightOnlyConfig, Int8WeightOnlyConfig
     from transformers import TorchAoConfig
 
-    per_mode: dict[str, Any] = {
-        "fp8": lambda: Float8WeightOnlyConfig(),
-        "int8": lambda: Int8WeightOnlyConfig(),
-        "int4": lambda: Int4WeightOnlyConfig(group_size=INT4_GROUP, int4_packing_format="tile_packed_to_4d"),
-    }
-    weight_config = per_mode[mode]()
+    weight_config = Float8WeightOnlyConfig() if mode == "fp8" else Int8WeightOnlyConfig()
     patterns = {f"re:{pattern}": weight_config for pattern in QUANTIZED_PARAMS}
     return TorchAoConfig(FqnToConfig(patterns), modules_to_not_convert=list(NOT_CONVERTED))
 
@@ -105,8 +129,6 @@ def quantized_bytes(mode: Quantize, shape: tuple[int, ...], dtype: torch.dtype) 
         return numel + rows * 4  # e4m3 values + a float32 scale per row
     if mode == "int8":
         return numel + rows * (4 + 1)  # int8 values + a float32 scale and an int8 zero point per row
-    if mode == "int4":
-        return numel // 2 + (numel // INT4_GROUP) * 2 * 2  # packed nibbles + bf16 scale and zero per group
     return numel * torch.empty((), dtype=dtype).element_size()
 
 

@@ -7,6 +7,7 @@ server that cannot be reached yet is kept, so that later requests try it again.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,19 +46,37 @@ class ModelSpec:
     reuse_prompt_cache: bool = True
     #: auto | fim | chat (see :class:`~dg_lsp.engine.engine.Engine`).
     prompt_format: str = "auto"
+    #: Weight quantization: none | fp8 | int8 (see :mod:`dg_lsp.model.quantize`).
+    quantize: str = "none"
 
+
+#: Environment variable: the quantization used when neither settings nor the command line give one.
+QUANTIZE_ENV = "DG_LSP_QUANTIZE"
 
 #: What to run: a local model, or a remote engine server.
 BackendSpec = ModelSpec | RemoteSettings
 
 
 def model_spec(
-    model: str | None, device: str, dtype: str, reuse_prompt_cache: bool = True, prompt_format: str = "auto"
+    model: str | None,
+    device: str,
+    dtype: str,
+    reuse_prompt_cache: bool = True,
+    prompt_format: str = "auto",
+    quantize: str | None = None,
 ) -> ModelSpec:
-    """The spec for a configured model path (None → the embedded default)."""
+    """The spec for a configured model directory or hub id (None → the embedded default).
+
+    ``quantize`` None → ``$DG_LSP_QUANTIZE``, else ``none``.
+    """
     path = Path(model).expanduser() if model else EMBEDDED_MODEL_DIR
     return ModelSpec(
-        path=path, device=device, dtype=dtype, reuse_prompt_cache=reuse_prompt_cache, prompt_format=prompt_format
+        path=path,
+        device=device,
+        dtype=dtype,
+        reuse_prompt_cache=reuse_prompt_cache,
+        prompt_format=prompt_format,
+        quantize=quantize or os.environ.get(QUANTIZE_ENV) or "none",
     )
 
 
@@ -162,7 +181,7 @@ class ModelManager:
         started = time.perf_counter()
         report(f"loading {spec.path.name}", 5)
         try:
-            loaded = load_model(spec.path, spec.device, spec.dtype)
+            loaded = load_model(spec.path, spec.device, spec.dtype, spec.quantize)
             engine = Engine(loaded, reuse_prompt_cache=spec.reuse_prompt_cache, prompt_format=spec.prompt_format)
         except ModelLoadError as exc:
             self.error = str(exc)

@@ -103,7 +103,8 @@ class DgServer(LanguageServer):
             return remote_settings(self.options.engine)
         model = self.options.model or self.model_override or os.environ.get("DG_LSP_MODEL") or None
         return model_spec(
-            model, self.options.device, self.options.dtype, self.options.reuse_prompt_cache, self.options.prompt_format
+            model, self.options.device, self.options.dtype, self.options.reuse_prompt_cache, self.options.prompt_format,
+            self.options.quantize,
         )
 
     def apply_options(self, raw: Any) -> None:
