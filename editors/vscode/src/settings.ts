@@ -73,6 +73,10 @@ export function initOptions(): Record<string, unknown> {
   if (device) {
     init.device = device;
   }
+  const promptFormat = c.get<string>('promptFormat');
+  if (promptFormat && promptFormat !== 'auto') {
+    init.promptFormat = promptFormat;
+  }
   const completion = pick(c, 'completion', ['maxSteps', 'contextTokens', 'draftIntervalMs', 'parseCheck', 'seed']);
   if (Object.keys(completion).length > 0) {
     init.completion = completion;
