@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import DiffusionGemmaForBlockDiffusion
+from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 
 from dg_lsp.model.geometry import GEOMETRIES, Geometry
 
@@ -140,6 +140,31 @@ def _tokenizer_config() -> dict[str, Any]:
     }
 
 
+def published_config(geometry: Geometry) -> DiffusionGemmaConfig:
+    """The model config of a published-layout checkpoint: Gemma's pad/bos ids, eos ``[1, 106]``, a tiny vision tower."""
+    return geometry.to_config(pad_id=0, eos_id=[1, 106], bos_id=2)
+
+
+def write_published_files(
+    path: Path,
+    config: DiffusionGemmaConfig,
+    chat_template: bool = True,
+    generation_config: dict[str, Any] | None = None,
+) -> None:
+    """Everything but the weights: config.json, tokenizer files, generation_config.json, chat_template.jinja.
+
+    GPU scripts that create large random weights on the device write these files with it.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(path))
+    gemma_style_tokenizer(min(int(config.get_text_config().vocab_size), 512)).save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(), indent=2) + "\n", encoding="utf-8")
+    gen = PUBLISHED_GENERATION_CONFIG if generation_config is None else generation_config
+    (path / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
+    if chat_template:
+        (path / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
+
+
 def build_published_checkpoint(
     path: Path,
     seed: int = 0,
@@ -148,14 +173,11 @@ def build_published_checkpoint(
     chat_template: bool = True,
     generation_config: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a random-weight DiffusionGemma checkpoint in the published layout into ``path``.
+    """Write a random-weight DiffusionGemma checkpoint in the published layout into ``path`` (on the CPU).
 
     ``chat_template=False`` and ``generation_config`` build the bad variants the tests need.
     """
-    geometry = geometry or GEOMETRIES["tiny"]
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer = gemma_style_tokenizer(min(geometry.vocab_size, 512))
-    config = geometry.to_config(pad_id=0, eos_id=[1, 106], bos_id=2)
+    config = published_config(geometry or GEOMETRIES["tiny"])
     torch.manual_seed(seed)
     model = DiffusionGemmaForBlockDiffusion(config)
     model.train(False)
@@ -165,12 +187,7 @@ def build_published_checkpoint(
         embeddings: torch.Tensor = model.model.decoder.embed_tokens.weight
         embeddings[: len(GEMMA_SPECIAL_TOKENS)] = 0.0
     model.save_pretrained(str(path), max_shard_size=max_shard_size, safe_serialization=True)
-    tokenizer.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(), indent=2) + "\n", encoding="utf-8")
-    gen = PUBLISHED_GENERATION_CONFIG if generation_config is None else generation_config
-    (path / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
-    if chat_template:
-        (path / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
+    write_published_files(path, config, chat_template, generation_config)  # after: save_pretrained writes its own
     return path
 
 
