@@ -23,6 +23,7 @@ from dg_lsp.engine.engine import Engine, warmup_requests
 from dg_lsp.engine.scheduler import BatchScheduler, Job, QueueFull, ScheduledResult
 from dg_lsp.engine.wire import CompletionRequest, cut_at_stops, error_body, result_stats
 from dg_lsp.engine_server.auth import authorized
+from dg_lsp.engine_server.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit, BodyTooLarge
 from dg_lsp.engine_server.metrics import EngineMetrics
 from dg_lsp.model.loader import ModelLoadError, load_model
 from dg_lsp.server.model_manager import ModelSpec
@@ -135,11 +136,29 @@ def _final(completion_id: str, model: str, body: CompletionRequest, done: Schedu
     )
 
 
-def create_app(state: EngineState, token: str | None) -> FastAPI:
-    """The FastAPI application serving ``state``; every route needs ``token`` when one is set."""
+#: Paths answered without a token: liveness probes cannot carry secrets.
+PUBLIC_PATHS = frozenset({"/health"})
+
+
+def create_app(
+    state: EngineState,
+    token: str | None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    public_metrics: bool = False,
+    shutdown_grace_s: float = 0.0,
+) -> FastAPI:
+    """The FastAPI application serving ``state``.
+
+    With a ``token``, every route but ``/health`` needs it (``/metrics`` too unless ``public_metrics``);
+    request bodies over ``max_body_bytes`` get ``413``; on shutdown, streams get ``shutdown_grace_s``
+    to finish before they are cancelled.
+    """
     metrics = state.metrics
+    public = PUBLIC_PATHS | ({"/metrics"} if public_metrics else set())
 
     async def require_token(request: Request) -> None:
+        if request.url.path in public:
+            return
         if token is not None and not authorized(request.headers.get("authorization"), token):
             if request.url.path == "/v1/completions":
                 metrics.requests.labels(status="unauthorized").inc()
@@ -153,6 +172,14 @@ def create_app(state: EngineState, token: str | None) -> FastAPI:
         openapi_url=None,
         dependencies=[Depends(require_token)],
     )
+
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes,
+                       on_refused=lambda: metrics.requests.labels(status="too_large").inc())
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        metrics.requests.labels(status="too_large").inc()
+        return _error(413, str(exc.detail), "invalid_request_error", "request_too_large", {"Connection": "close"})
 
     @app.exception_handler(Unauthorized)
     async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
@@ -249,6 +276,7 @@ def create_app(state: EngineState, token: str | None) -> FastAPI:
                     lambda text, step, n: _completion(completion_id, model, "", None,
                                                       {"dg": {"draft": text, "step": step, "max_steps": n}})),
             ping=15,
+            shutdown_grace_period=shutdown_grace_s,
         )
 
     return app

@@ -10,11 +10,13 @@ import socket
 import threading
 import time
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
 from dg_lsp.engine_server.app import EngineState, create_app
 from dg_lsp.engine_server.auth import TokenError, is_loopback, read_token
+from dg_lsp.engine_server.limits import DEFAULT_MAX_BODY_BYTES
 from dg_lsp.model.quantize import QUANTIZE_MODES
 from dg_lsp.server.model_manager import model_spec
 
@@ -39,6 +41,20 @@ def url_of(sock: socket.socket) -> str:
     """``http://host:port`` of a bound socket."""
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class GracefulServer(uvicorn.Server):
+    """SIGTERM or SIGINT: stop accepting, let in-flight requests finish, then exit with status 0.
+
+    Requests still running after ``timeout_graceful_shutdown`` are cancelled (their canvases
+    leave the batch at the next step). uvicorn re-raises the signal after a graceful shutdown,
+    which makes the process end "killed by SIGTERM"; a clean stop here exits 0.
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        log.info("signal %d: finishing in-flight requests, then exiting", sig)
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
 
 
 def _announce_when_ready(state: EngineState, server: uvicorn.Server, url: str, ready_file: Path | None) -> None:
@@ -71,8 +87,11 @@ def run(args: argparse.Namespace) -> int:
                         pad_canvases={"auto": None, "pad": True, "per-length": False}[args.canvas_batching])
     sock = bind(args.host, args.port)
     url = url_of(sock)
-    config = uvicorn.Config(create_app(state, token), log_level=args.log_level, access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
+    app = create_app(state, token, max_body_bytes=args.max_body_bytes, public_metrics=args.public_metrics,
+                     shutdown_grace_s=max(args.shutdown_timeout - 1.0, 0.0))
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=args.shutdown_timeout)
+    server = GracefulServer(config)
     threading.Thread(target=state.load, args=(lambda message: log.info("engine: %s", message),), daemon=True).start()
     ready_file = Path(args.ready_file) if args.ready_file else None
     threading.Thread(target=_announce_when_ready, args=(state, server, url, ready_file), daemon=True).start()
@@ -81,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         server.run(sockets=[sock])
     finally:
         state.close()
+    log.info("engine server stopped")
     return 0
 
 
@@ -105,5 +125,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="pad: one forward for all canvases; per-length: one per canvas length; auto: pad on GPU, per-length on CPU",
     )
     p.add_argument("--max-steps", type=int, default=256, help="largest denoising step budget a request may ask for")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help="larger request bodies get 413 (default 8 MiB)")
+    p.add_argument("--public-metrics", action="store_true", help="serve /metrics without the token (/health always is)")
+    p.add_argument("--shutdown-timeout", type=int, default=30,
+                   help="on SIGTERM, seconds in-flight requests may take before they are cancelled")
     p.add_argument("--ready-file", default=None, help="write {url, pid, status} here once the model is ready")
     p.set_defaults(func=run)

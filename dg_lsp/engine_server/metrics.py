@@ -9,7 +9,7 @@ from dg_lsp.engine.scheduler import StepReport
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series only add noise here
 
 #: Request outcomes counted in ``dg_engine_requests_total``.
-STATUSES = ("ok", "cancelled", "rejected", "invalid", "unauthorized", "unavailable", "error")
+STATUSES = ("ok", "cancelled", "rejected", "invalid", "unauthorized", "unavailable", "error", "too_large")
 
 
 class EngineMetrics:

@@ -143,7 +143,7 @@ def test_disconnect_cancels_a_plain_request(engine: RunningServer) -> None:
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token"}])
-@pytest.mark.parametrize("path", ["/v1/completions", "/v1/models", "/health", "/metrics", "/v1/dg/tokenizer.json"])
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/models", "/metrics", "/v1/dg/tokenizer.json"])  # /health is public
 def test_a_wrong_or_missing_token_is_refused(engine: RunningServer, headers: dict[str, str], path: str) -> None:
     method = "POST" if path == "/v1/completions" else "GET"
     reply = httpx.request(method, f"{engine.url}{path}", json=body(0) if method == "POST" else None, headers=headers, timeout=10)
