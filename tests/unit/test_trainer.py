@@ -1,0 +1,185 @@
+"""Training: editor new-line holes, loss weighting, the encoder next-token loss, a tiny resumable run, GPU packing."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from transformers import DynamicCache
+
+from dg_lsp.canvas import resolve_layout_tokens
+from dg_lsp.model.typing import text_config
+from dg_lsp.train import gpu_run
+from dg_lsp.train import trainer as T
+from dg_lsp.train.examples import Example, ExampleMaker, SourceFile, editor_line_hole, read_corpus
+
+SOURCE = '''import os
+
+
+def walk(root):
+    """Yield files."""
+    for entry in os.scandir(root):
+        if entry.is_dir():
+            yield from walk(entry.path)
+        else:
+            yield entry.path
+
+
+class Counter:
+    def __init__(self):
+        self.count = 0
+
+    def add(self, n):
+        self.count += n
+        return self.count
+'''
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path) -> Tokenizer:
+    return Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
+
+
+def test_editor_line_hole_leaves_an_empty_line_with_the_cursor_at_column_zero() -> None:
+    rng = random.Random(3)
+    for _ in range(50):
+        count = rng.randint(1, 4)
+        span = editor_line_hole(SOURCE, rng, count)
+        assert span is not None
+        start, end = span
+        assert start == 0 or SOURCE[start - 1] == "\n"  # the hole starts at column 0
+        middle = SOURCE[start:end]
+        assert middle.strip() and not middle.endswith("\n")
+        lines = [line for line in middle.split("\n") if line.strip()]
+        assert 1 <= len(lines) <= count
+        holed = SOURCE[:start] + SOURCE[end:]
+        line_end = holed.find("\n", start)
+        assert holed[start:line_end] == ""  # an empty line where the hole was
+    assert editor_line_hole("\n\n  \n", rng) is None
+
+
+def test_editor_layout_examples_carry_indentation_in_the_middle(tokenizer: Tokenizer) -> None:
+    layout = resolve_layout_tokens(tokenizer.get_vocab(with_added_tokens=True))
+    maker = ExampleMaker(tokenizer, layout, context_tokens=128, max_canvas=128, editor_line_share=1.0)
+    rng = random.Random(0)
+    source = SourceFile(SOURCE, "python")
+    made = [e for e in (maker.make(source, rng) for _ in range(30)) if e is not None]
+    assert len(made) >= 20
+    decoded = [tokenizer.decode(e.canvas[: e.middle_tokens], skip_special_tokens=False) for e in made]
+    assert any(text.startswith("    ") for text in decoded)  # indented lines are written in full
+    for example in made:
+        assert example.canvas[example.middle_tokens] == layout.end_of_middle
+        assert len(example.canvas) in (32, 64, 128)
+
+
+def _examples(tokenizer: Tokenizer, n: int, seed: int = 0) -> list[Example]:
+    layout = resolve_layout_tokens(tokenizer.get_vocab(with_added_tokens=True))
+    maker = ExampleMaker(tokenizer, layout, context_tokens=96, max_canvas=32)
+    stream = maker.stream([SourceFile(SOURCE, "python")], [1.0], random.Random(seed))
+    return [next(stream) for _ in range(n)]
+
+
+def test_collate_weights_padding_after_the_first_end_of_middle(tokenizer: Tokenizer) -> None:
+    layout = resolve_layout_tokens(tokenizer.get_vocab(with_added_tokens=True))
+    group = next(T.batches(iter(_examples(tokenizer, 40)), 4))
+    batch = T.collate(group, layout, eom_weight=0.1)
+    for row, example in enumerate(group):
+        weights = batch.canvas_weight[row]
+        assert torch.all(weights[: example.middle_tokens + 1] == 1.0)
+        assert torch.allclose(weights[example.middle_tokens + 1 :], torch.tensor(0.1))
+        # the next-token loss never targets a layout marker or padding
+        scored = batch.prompt[row, 1:][batch.lm_mask[row]]
+        markers = {layout.bos, layout.fim_prefix, layout.fim_suffix, layout.fim_middle, layout.pad}
+        assert not set(scored.tolist()) & markers
+        assert int(batch.lm_mask[row].sum()) > 0
+
+
+def test_encoder_next_token_loss_matches_a_manual_computation(tiny_model_dir: Path, tokenizer: Tokenizer) -> None:
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    layout = resolve_layout_tokens(tokenizer.get_vocab(with_added_tokens=True))
+    group = next(T.batches(iter(_examples(tokenizer, 40)), 2))
+    batch = T.collate(group, layout)
+    cache = DynamicCache(config=text_config(model))
+    hidden = model.model.encoder(input_ids=batch.prompt, attention_mask=batch.prompt_mask, past_key_values=cache).last_hidden_state
+    logits = T._softcapped(model, hidden)
+    assert float(logits.detach().abs().max()) <= model.final_logit_softcapping
+    expected = F.cross_entropy(logits[:, :-1][batch.lm_mask], batch.prompt[:, 1:][batch.lm_mask])
+    config = T.TrainConfig(geometry="tiny", lm_weight=1.0, self_conditioning_prob=0.0)
+    losses = T.diffusion_loss(model, batch, model.config.text_config.vocab_size, config, torch.Generator().manual_seed(0))
+    assert losses.lm == pytest.approx(float(expected), rel=1e-4)
+    assert float(losses.total) == pytest.approx(losses.canvas + losses.lm, rel=1e-4)
+
+
+def _corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        for i in range(60):
+            handle.write(json.dumps({"text": SOURCE.replace("walk", f"walk{i}"), "language": "python"}) + "\n")
+    return path
+
+
+def test_tiny_run_warm_starts_resumes_stops_on_request_and_exports(tiny_model_dir: Path, tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    out = tmp_path / "train"
+    argv = [
+        "--corpus", str(corpus), "--tokenizer", str(tiny_model_dir), "--out", str(out), "--geometry", "tiny",
+        "--init-from", str(tiny_model_dir), "--total-steps", "3", "--batch-size", "2", "--context-tokens", "64",
+        "--max-canvas", "32", "--eval-every", "2", "--eval-batches", "1", "--threads", "1", "--no-progress",
+        "--resume", "--device", "cpu",
+    ]
+    export = T.train(T.build_parser().parse_args(argv))
+    summary = json.loads((out / "train-summary.json").read_text())
+    assert summary["steps"] == 3 and summary["tokens"] > 0 and summary["init_from"] == str(tiny_model_dir)
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert "eval_middle" in history[0] and "eval_lm" in history[-1]
+    assert (export / "model.safetensors").exists() and json.loads((export / "dg_lsp.json").read_text())["steps"] == 3
+    # resume: continues from step 3 to the new schedule's end
+    T.train(T.build_parser().parse_args([*argv[:-6], "--total-steps", "5", *argv[-6:]]))
+    assert json.loads((out / "train-summary.json").read_text())["steps"] == 5
+    # a STOP file ends the run before any further step
+    (out / "STOP").touch()
+    T.train(T.build_parser().parse_args([*argv[:-6], "--total-steps", "50", *argv[-6:]]))
+    assert json.loads((out / "train-summary.json").read_text())["steps"] == 5
+
+
+def test_gpu_pack_leaves_held_out_files_and_other_languages_behind(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    rows = [{"text": f"x = {i}\n", "language": "python" if i % 3 else "go"} for i in range(120)]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stats = gpu_run.pack_corpus(corpus, tmp_path / "c.jsonl.gz", ("python",), held_out_every=50)
+    packed = read_corpus(tmp_path / "c.jsonl.gz")
+    expected = [r["text"] for i, r in enumerate(rows) if i % 50 and r["language"] == "python"]
+    assert [f.text for f in packed] == expected and stats["files"] == len(expected)
+
+
+def test_gpu_shard_script_round_trips_through_unpack(tiny_model_dir: Path, tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    (tmp_path / "export").mkdir()
+    for item in tiny_model_dir.iterdir():
+        (tmp_path / "export" / item.name).write_bytes(item.read_bytes())
+    (tmp_path / "export" / "dg_lsp.json").write_text('{"context_tokens": 64}')
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", gpu_run._SHARD_SCRIPT, str(tmp_path / "export"), str(shards), "200KB"], check=True)
+    files = sorted(p.name for p in shards.iterdir())
+    assert len(files) <= 8 and sum(name.endswith(".safetensors") for name in files) >= 2
+    assert all(p.stat().st_size <= 16 * 2**20 for p in shards.iterdir())
+    out = tmp_path / "model"
+    gpu_run.unpack(argparse.Namespace(files=shards, out=out, tokenizer=tiny_model_dir))
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    merged = DiffusionGemmaForBlockDiffusion.from_pretrained(str(out))
+    original = DiffusionGemmaForBlockDiffusion.from_pretrained(str(tiny_model_dir), dtype=torch.bfloat16)
+    for (name, a), (_, b) in zip(merged.state_dict().items(), original.state_dict().items()):
+        assert torch.equal(a.to(torch.bfloat16), b), name
