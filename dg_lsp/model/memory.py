@@ -154,29 +154,25 @@ def available_bytes(device: torch.device) -> tuple[int | None, str]:
     return None, "unknown"
 
 
-def _smaller_modes(config: DiffusionGemmaConfig, device: torch.device, dtype: torch.dtype, need: MemoryEstimate) -> str:
-    """``--quantize fp8 or int8 (about 28.3 GiB)`` when quantizing would need less, else empty."""
-    if need.quantize != "none":
-        return ""
-    total = estimate(config, dtype, "fp8").total
-    return f"--quantize fp8 or int8 (about {gib(total)})" if total < need.total else ""
-
-
 def refusal(
     config: DiffusionGemmaConfig, name: str, device: torch.device, need: MemoryEstimate, free: int, source: str
 ) -> str:
-    """The sentence that refuses a load that would not fit, naming the ways out."""
+    """The sentence that refuses a load that would not fit, naming the ways out that would help."""
     kind = str(need.dtype).removeprefix("torch.") if need.quantize == "none" else need.quantize
     where = f"{gib(free)} is {source}" if source != MAX_MEMORY_ENV else f"{MAX_MEMORY_ENV} allows {gib(free)}"
     ways = []
-    smaller = _smaller_modes(config, device, need.dtype, need)
-    if smaller:
-        ways.append(f"quantize it ({smaller}; setting \"quantize\")")
+    note = ""
+    if need.quantize == "none":
+        quantized = estimate(config, need.dtype, "fp8").total
+        if quantized <= free:
+            ways.append(f'quantize it (--quantize fp8 or int8, about {gib(quantized)}; setting "quantize")')
+        else:
+            note = f" (quantized with fp8 or int8 it would still need about {gib(quantized)})"
     ways.append("use a GPU with more free memory (e.g. --device cuda:1)" if device.type == "cuda" else "use a GPU (--device cuda)")
-    ways.append("or run `dg-lsp engine-serve` on a machine that has the memory and set engine.kind to \"remote\"")
+    ways.append('or run `dg-lsp engine-serve` on a machine that has the memory and set engine.kind to "remote"')
     return (
         f"{name} needs about {gib(need.total)} on {device} ({kind} weights {gib(need.weights)} + "
-        f"{gib(need.total - need.weights)} to load and run) but {where}: " + ", ".join(ways)
+        f"{gib(need.total - need.weights)} to load and run) but {where}{note}: " + ", ".join(ways)
     )
 
 

@@ -82,6 +82,8 @@ def load_weights(
     path: Path, device: torch.device, dtype: torch.dtype, quantize: Quantize, keep_vision: bool = False
 ) -> DiffusionGemmaForBlockDiffusion:
     """``from_pretrained`` straight onto ``device`` (quantizing as it reads), then drop the vision tower."""
+    if device.type == "cuda" and device.index is None:  # accelerate's device maps want an index
+        device = torch.device("cuda", torch.cuda.current_device())
     kwargs: dict[str, Any] = {}
     implementation = experts_implementation(quantize)
     if implementation is not None:

@@ -78,7 +78,7 @@ def test_a_model_that_does_not_fit_is_refused_with_the_ways_out(
         load_model(published_model_dir, "cpu", "float32")
     message = str(caught.value)
     assert message.startswith(f"{published_model_dir.name} needs about ")
-    assert f"but {MAX_MEMORY_ENV} allows 0.0 GiB: quantize it (--quantize fp8 or int8 (about " in message
+    assert f"but {MAX_MEMORY_ENV} allows 0.0 GiB (quantized with fp8 or int8 it would still need about " in message
     assert "use a GPU (--device cuda)" in message
     assert "run `dg-lsp engine-serve` on a machine that has the memory" in message
     monkeypatch.setenv(MAX_MEMORY_ENV, "64GiB")
@@ -91,19 +91,27 @@ def test_a_bad_cap_is_reported(published_model_dir: Path, monkeypatch: pytest.Mo
         load_model(published_model_dir, "cpu", "float32")
 
 
-def test_26b_on_a_24gb_gpu_is_refused_naming_fp8_and_the_engine_server() -> None:
+def test_26b_on_a_32gb_gpu_is_refused_naming_fp8_and_the_engine_server() -> None:
     config = BIG.to_config()
     need = estimate(config, torch.bfloat16, "none")
-    free = int(22.5 * GIB)
+    free = int(31.4 * GIB)
     message = refusal(config, "google/diffusiongemma-26B-A4B-it", torch.device("cuda:0"), need, free, "free on cuda:0")
     fp8 = estimate(config, torch.bfloat16, "fp8").total
     assert message == (
         f"google/diffusiongemma-26B-A4B-it needs about {need.total / GIB:.1f} GiB on cuda:0 (bfloat16 weights "
-        f"{need.weights / GIB:.1f} GiB + {(need.total - need.weights) / GIB:.1f} GiB to load and run) but 22.5 GiB "
-        f'is free on cuda:0: quantize it (--quantize fp8 or int8 (about {fp8 / GIB:.1f} GiB); setting "quantize"), '
+        f"{need.weights / GIB:.1f} GiB + {(need.total - need.weights) / GIB:.1f} GiB to load and run) but 31.4 GiB "
+        f'is free on cuda:0: quantize it (--quantize fp8 or int8, about {fp8 / GIB:.1f} GiB; setting "quantize"), '
         "use a GPU with more free memory (e.g. --device cuda:1), or run `dg-lsp engine-serve` on a machine that "
         'has the memory and set engine.kind to "remote"'
     )
+
+
+def test_26b_on_a_24gb_gpu_says_quantizing_is_not_enough() -> None:
+    config = BIG.to_config()
+    need = estimate(config, torch.bfloat16, "none")
+    message = refusal(config, "m", torch.device("cuda:0"), need, int(23.6 * GIB), "free on cuda:0")
+    assert "(quantized with fp8 or int8 it would still need about 28.3 GiB): use a GPU with more free memory" in message
+    assert "engine-serve" in message and "quantize it" not in message
     quantized = estimate(config, torch.bfloat16, "fp8")
-    already = refusal(config, "m", torch.device("cuda:0"), quantized, free, "free on cuda:0")
-    assert "--quantize" not in already and "engine-serve" in already  # nothing smaller to offer
+    already = refusal(config, "m", torch.device("cuda:0"), quantized, int(23.6 * GIB), "free on cuda:0")
+    assert "fp8 weights 24.3 GiB" in already and "quantize" not in already.split(": ", 1)[1]
