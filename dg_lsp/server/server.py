@@ -194,6 +194,7 @@ class DgServer(LanguageServer):
             "modelPath": path,
             "device": facts.get("device"),
             "dtype": facts.get("dtype"),
+            "quantize": facts.get("quantize"),
             "parameters": facts.get("parameters"),
             "canvasLength": facts.get("canvasLength"),
             "trainedContextTokens": facts.get("trainedContextTokens"),
