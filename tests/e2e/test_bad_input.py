@@ -220,7 +220,8 @@ async def test_invalid_configuration_is_reported_and_defaulted(client: LanguageC
     options["colour"] = "blue"
     await start(client, options)
     state = await info(client)
-    assert state["options"]["completion"]["maxSteps"] == 16
+    assert state["options"]["completion"]["maxSteps"] is None  # the default: unset, the model's own applies
+    assert state["sampler"]["completion"]["maxSteps"] == 16
     assert state["options"]["completion"]["draftIntervalMs"] == 30
     texts = [m.message for m in client.messages]
     assert any("completion.maxSteps" in t for t in texts)
