@@ -138,3 +138,17 @@ def test_the_engine_completes_with_quantized_weights(tiny_model_dir: Path, mode:
 def test_an_unknown_mode_is_refused(published_model_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"^unknown quantization 'int4' \(use none, fp8, int8\)$"):
         load_model(published_model_dir, "cpu", "float32", quantize="int4")
+
+
+def test_the_quantize_setting_wins_over_the_command_line_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dg_lsp.cli import build_parser
+    from dg_lsp.server.model_manager import QUANTIZE_ENV, model_spec
+
+    monkeypatch.delenv(QUANTIZE_ENV, raising=False)
+    assert model_spec(None, "cpu", "auto").quantize == "none"
+    monkeypatch.setenv(QUANTIZE_ENV, "fp8")  # what `dg-lsp serve --quantize fp8` sets
+    assert model_spec(None, "cpu", "auto").quantize == "fp8"
+    assert model_spec(None, "cpu", "auto", quantize="int8").quantize == "int8"  # the setting
+    for command in (["serve"], ["info"], ["infill", "f.py", "--line", "1", "--col", "1"],
+                    ["rewrite", "f.py", "--range", "1:1-1:2"], ["engine-serve"]):
+        assert build_parser().parse_args([*command, "--quantize", "int8"]).quantize == "int8", command
