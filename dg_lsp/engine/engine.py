@@ -21,6 +21,7 @@ from dg_lsp.canvas import (
     middle_from_canvas,
 )
 from dg_lsp.engine.denoiser import CanvasSpec, DenoiseOutcome, Draft, denoise
+from dg_lsp.engine.fast_path import FastDenoiser, FastPathSettings
 from dg_lsp.engine.prompt_cache import EncodeStats, PromptCache
 from dg_lsp.engine.sampler import SamplerSettings
 from dg_lsp.model.loader import LoadedModel, ModelLoadError
@@ -100,7 +101,7 @@ def warmup_requests() -> list[InfillRequest]:
     return [
         InfillRequest(prefix="def f(x):\n    ", suffix="\n", language="python", kind=kind,
                       settings=SamplerSettings(max_steps=2))
-        for kind in (HoleKind.REST_OF_LINE, HoleKind.LINE)
+        for kind in (HoleKind.REST_OF_LINE, HoleKind.LINE, HoleKind.BLOCK)
     ]
 
 
@@ -133,7 +134,13 @@ class Engine:
     checkpoint's chat template), ``fim`` or ``chat``; an impossible one is a :class:`ModelLoadError`.
     """
 
-    def __init__(self, loaded: LoadedModel, reuse_prompt_cache: bool = True, prompt_format: str = "auto") -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        reuse_prompt_cache: bool = True,
+        prompt_format: str = "auto",
+        fast_path: FastPathSettings = FastPathSettings(),
+    ) -> None:
         self.loaded = loaded
         facts = loaded.prompting
         try:
@@ -152,6 +159,8 @@ class Engine:
         #: Special-token texts a chat answer is cleared of after its thinking block is gone (one pass).
         self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
         self._cache = PromptCache(loaded.model, reuse=reuse_prompt_cache)
+        #: Static prompt KV, fixed shapes, sync-free (optionally compiled) step; None: the eager path.
+        self.fast = FastDenoiser(loaded.model, fast_path) if fast_path.enabled else None
         self._lock = threading.Lock()
         if loaded.device.type == "cpu":
             torch.set_flush_denormal(True)
@@ -301,15 +310,25 @@ class Engine:
                 self._cache.clear()
                 raise
             encoded = time.perf_counter()
-            outcome = denoise(
-                self.loaded.model,
-                self._cache.cache,
-                len(prepared.prompt),
-                prepared.spec,
-                prepared.settings,
-                request.seed,
-                on_draft=self.draft_reporter(on_draft),
-                cancelled=cancelled,
-            )
+            if self.fast is not None:
+                outcome = self.fast.denoise(
+                    self._cache,
+                    prepared.spec,
+                    prepared.settings,
+                    request.seed,
+                    on_draft=self.draft_reporter(on_draft),
+                    cancelled=cancelled,
+                )
+            else:
+                outcome = denoise(
+                    self.loaded.model,
+                    self._cache.cache,
+                    len(prepared.prompt),
+                    prepared.spec,
+                    prepared.settings,
+                    request.seed,
+                    on_draft=self.draft_reporter(on_draft),
+                    cancelled=cancelled,
+                )
             finished = time.perf_counter()
         return self.result(prepared, outcome, stats, (encoded - started) * 1000.0, (finished - encoded) * 1000.0)

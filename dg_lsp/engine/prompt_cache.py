@@ -65,6 +65,7 @@ class PromptCache:
         self._ids: list[int] = []
         self._cache: DynamicCache | None = None
         self._view: DynamicCache | None = None
+        self._reused = 0
         self._config = text_config(model)
         self._window = int(self._config.sliding_window)
 
@@ -77,11 +78,29 @@ class PromptCache:
             self._view = self._decoder_view(self._cache)
         return self._view
 
+    @property
+    def full_cache(self) -> DynamicCache:
+        """Every state of the last encoded prompt (sliding-window layers included, unwindowed)."""
+        if self._cache is None:
+            raise RuntimeError("no prompt has been encoded yet")
+        return self._cache
+
+    @property
+    def reused_tokens(self) -> int:
+        """Leading tokens whose states the last :meth:`encode` kept rather than recomputed."""
+        return self._reused
+
+    @property
+    def ids(self) -> list[int]:
+        """The prompt ids the cache holds (empty when it holds none)."""
+        return list(self._ids)
+
     def clear(self) -> None:
         """Forget everything (e.g. after a model swap or an interrupted encode)."""
         self._ids = []
         self._cache = None
         self._view = None
+        self._reused = 0
 
     def _new_cache(self) -> DynamicCache:
         cache = DynamicCache(config=self._config)
@@ -120,6 +139,7 @@ class PromptCache:
         """Make the cache hold exactly ``prompt_ids``, encoding as little as possible."""
         keep = common_prefix_length(self._ids, prompt_ids)
         if self._reuse and keep == len(prompt_ids) == len(self._ids) and self._cache is not None:
+            self._reused = keep
             return EncodeStats(len(prompt_ids), keep, 0)
         # Re-encode at least the last token: the decoder needs the cache to end at the prompt's end.
         keep = min(keep, len(prompt_ids) - 1)
@@ -133,5 +153,5 @@ class PromptCache:
         tail = torch.tensor([list(prompt_ids[keep:])], dtype=torch.long, device=self._model.device)
         positions = torch.arange(keep, len(prompt_ids), device=self._model.device)[None, :]
         self._model.model.encoder(input_ids=tail, past_key_values=cache, position_ids=positions)
-        self._ids = list(prompt_ids)
+        self._ids, self._reused = list(prompt_ids), keep
         return EncodeStats(len(prompt_ids), keep, len(prompt_ids) - keep)

@@ -1,0 +1,175 @@
+"""One denoising step as two pure tensor functions, optionally compiled with ``torch.compile``.
+
+``forward_stats`` runs transformers' decoder and LM head (with its logit soft-capping) on
+fixed shapes, and turns the logits into what the sampler needs: the entropy, argmax and
+probabilities of the temperature-scaled distribution, and the next step's self-conditioning
+logits. ``accept_and_stop`` does the entropy-bound acceptance, renoising and the
+stable-and-confident stopping rule. Neither reads anything back to the host, so on a GPU
+the whole step is queued without a sync (and with CUDA graphs, replayed as one launch).
+
+The arithmetic is the eager path's (:mod:`dg_lsp.engine.sampler`, transformers'
+``DiffusionGemmaDecoderModel.forward``) operation for operation; only where it runs differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import DiffusionGemmaForBlockDiffusion
+
+from dg_lsp.engine.sampler import entropy_bound_accept
+from dg_lsp.engine.static_cache import StepCache
+from dg_lsp.model.typing import text_config
+
+log = logging.getLogger(__name__)
+
+#: Values of the ``compile`` setting.
+COMPILE_MODES = ("auto", "on", "off")
+
+Stats = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+Accepted = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def compile_cache_dir() -> Path:
+    """Where compiled kernels are kept between starts: ``$XDG_CACHE_HOME/dg-lsp/torchinductor`` (or ``~/.cache``)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "dg-lsp" / "torchinductor"
+
+
+def enable_compile_cache() -> Path:
+    """Point inductor's on-disk caches (FX graph cache included) at :func:`compile_cache_dir`, unless set already."""
+    path = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir())))
+    path.mkdir(parents=True, exist_ok=True)
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    return path
+
+
+def should_compile(mode: str, device: torch.device) -> bool:
+    """Whether to compile the step: ``on``/``off`` as said; ``auto`` compiles on CUDA only.
+
+    On the 2-core CPU we measured, the compiled step was not faster than the eager one on
+    the static cache (see benchmarks/RESULTS.md, issue 12) and compiling costs start-up time.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {COMPILE_MODES}, not {mode!r}")
+    if mode == "auto":
+        return device.type == "cuda"
+    return mode == "on"
+
+
+def decoder_logits(
+    model: DiffusionGemmaForBlockDiffusion,
+    canvas: torch.Tensor,
+    conditioning: torch.Tensor,
+    conditioned: torch.Tensor,
+    positions: torch.Tensor,
+    masks: dict[str, torch.Tensor],
+    cache: StepCache,
+) -> torch.Tensor:
+    """Soft-capped float32 logits ``(1, length, vocab)`` for ``canvas``: transformers' decoder and LM head.
+
+    ``conditioning`` holds the previous step's temperature-scaled logits in the embedding
+    dtype; ``conditioned`` (``(1,)`` bool) is false at the first step, which zeroes the
+    signal exactly as passing no logits does, so both cases share one compiled graph.
+    """
+    hidden: torch.Tensor = model.model.decoder(
+        decoder_input_ids=canvas,
+        self_conditioning_logits=conditioning,
+        self_conditioning_mask=conditioned,
+        decoder_attention_mask=masks,
+        decoder_position_ids=positions,
+        past_key_values=cache,
+    ).last_hidden_state
+    logits: torch.Tensor = model.lm_head(hidden).to(torch.float32)
+    cap = model.final_logit_softcapping
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def make_forward_stats(model: DiffusionGemmaForBlockDiffusion) -> Callable[..., Stats]:
+    """``(canvas, conditioning, conditioned, positions, masks, cache, temperature) -> (probs, entropy, argmax, next conditioning)``."""
+    embed_dtype = model.model.decoder.embed_tokens.weight.dtype
+
+    def forward_stats(
+        canvas: torch.Tensor,
+        conditioning: torch.Tensor,
+        conditioned: torch.Tensor,
+        positions: torch.Tensor,
+        masks: dict[str, torch.Tensor],
+        cache: StepCache,
+        temperature: torch.Tensor,
+    ) -> Stats:
+        raw = decoder_logits(model, canvas, conditioning, conditioned, positions, masks, cache)
+        logits = raw / temperature
+        log_probs = torch.log_softmax(logits, dim=-1)
+        probs = log_probs.exp()
+        entropy = -(probs * log_probs).sum(dim=-1)
+        argmax = logits.argmax(dim=-1)
+        return probs, entropy, argmax, logits.to(embed_dtype)
+
+    return forward_stats
+
+
+def accept_and_stop(
+    entropy: torch.Tensor,
+    argmax: torch.Tensor,
+    proposal: torch.Tensor,
+    noise: torch.Tensor,
+    pinned: torch.Tensor,
+    pinned_ids: torch.Tensor,
+    previous: torch.Tensor,
+    run: torch.Tensor,
+    bound: float,
+    threshold: int,
+    confidence: float,
+) -> Accepted:
+    """``(next canvas, argmax canvas, run, stop)``: acceptance, renoising and the stopping rule, on the device.
+
+    ``run`` counts the consecutive steps whose argmax canvas equalled the one before; the
+    canvas is stable once it reaches ``threshold`` (the eager rule's history of that many
+    canvases all equal to the current one), and the step stops when it is stable and the
+    mean entropy is below ``confidence``.
+    """
+    entropy = torch.where(pinned, torch.zeros_like(entropy), entropy)
+    argmax = torch.where(pinned, pinned_ids, argmax)
+    proposal = torch.where(pinned, pinned_ids, proposal)
+    accepted = entropy_bound_accept(entropy, bound) | pinned
+    following = torch.where(accepted, proposal, noise)
+    same = torch.eq(argmax, previous).all()
+    run = torch.where(same, run + 1, torch.zeros_like(run))
+    stop = (run >= threshold) & (entropy.mean() < confidence)
+    return following, argmax, run, stop
+
+
+class StepFunctions:
+    """The two step functions, compiled or not (``torch.compile``; on CUDA in ``reduce-overhead`` mode = CUDA graphs)."""
+
+    def __init__(self, model: DiffusionGemmaForBlockDiffusion, compile_step: bool) -> None:
+        self.compiled = compile_step
+        self.cuda_graphs = compile_step and model.device.type == "cuda"
+        forward_stats = make_forward_stats(model)
+        if compile_step:
+            enable_compile_cache()
+            # One graph with symbolic sizes serves every (context bucket, canvas) pair, so it
+            # compiles once; on CUDA a graph is then recorded per pair at its first use.
+            options: dict[str, Any] = {"dynamic": True}
+            if self.cuda_graphs:
+                options["mode"] = "reduce-overhead"
+            self.forward_stats: Callable[..., Stats] = torch.compile(forward_stats, **options)
+            self.accept_and_stop: Callable[..., Accepted] = torch.compile(accept_and_stop, **options)
+        else:
+            self.forward_stats = forward_stats
+            self.accept_and_stop = accept_and_stop
+
+    def begin_step(self) -> None:
+        """Mark a new step for CUDA graph trees (outputs of earlier replays may be overwritten after this)."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]

@@ -1,0 +1,210 @@
+"""The fast denoising loop: static prompt KV, fixed shapes, a (compilable) step with no host sync inside.
+
+Shapes are fixed per request: the canvas length comes from :data:`dg_lsp.canvas.CANVAS_LENGTHS`
+and the prompt is padded to a power-of-two bucket, so a compiled step is built once per
+(bucket, canvas) pair. Everything that lasts a whole request (masks, rotary tables,
+temperatures) is built once before the first step. Inside the loop the host only launches
+work: the stop flag and the drafts are read back after the step (on a GPU, one step late,
+so the check never stalls the next step's launch; a step queued past the stop is discarded).
+The answers are the eager path's (:func:`dg_lsp.engine.denoiser.denoise`): same sampler,
+same random stream, same stopping rule.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DiffusionGemmaForBlockDiffusion
+
+from dg_lsp.engine.compiled_step import StepFunctions, should_compile
+from dg_lsp.engine.denoiser import CanvasSpec, Cancelled, DenoiseOutcome, Draft, _start_canvas, embedding_dtype
+from dg_lsp.engine.prompt_cache import PromptCache
+from dg_lsp.engine.sampler import SamplerSettings, temperature
+from dg_lsp.engine.static_cache import StaticPromptKV, StepCache, attention_masks, context_bucket
+from dg_lsp.model.typing import vocab_size
+
+
+@dataclass(frozen=True)
+class FastPathSettings:
+    """How the engine runs its denoising steps."""
+
+    #: Static prompt KV + fixed shapes + sync-free step (False: the eager transformers path).
+    enabled: bool = True
+    #: ``auto`` (compile on CUDA, not on CPU), ``on`` or ``off``.
+    compile: str = "auto"
+    #: A draft every this many steps (the final canvas is always reported).
+    draft_interval: int = 1
+
+
+@dataclass
+class _Step:
+    """One launched step: its device results and, where launching is asynchronous, their host copies."""
+
+    number: int
+    canvas: torch.Tensor
+    argmax: torch.Tensor
+    conditioning: torch.Tensor
+    run: torch.Tensor
+    stop: torch.Tensor
+    started: float
+    host_stop: torch.Tensor | None = None
+    host_argmax: torch.Tensor | None = None
+    event: torch.cuda.Event | None = None
+
+    def stopped(self) -> bool:
+        """The step's stop flag (waits for this step only, never for steps queued after it)."""
+        if self.event is not None and self.host_stop is not None:
+            self.event.synchronize()
+            return bool(self.host_stop)
+        return bool(self.stop)
+
+    def canvas_ids(self) -> list[int]:
+        """The argmax canvas as ids."""
+        if self.event is not None and self.host_argmax is not None:
+            self.event.synchronize()
+            ids: list[int] = self.host_argmax[0].tolist()
+            return ids
+        ids = self.argmax[0].tolist()
+        return ids
+
+
+class FastDenoiser:
+    """Denoises one canvas at a time after a :class:`PromptCache`'s prompt, on static buffers."""
+
+    def __init__(self, model: DiffusionGemmaForBlockDiffusion, settings: FastPathSettings = FastPathSettings()) -> None:
+        self.model = model
+        self.settings = settings
+        self.device = model.device
+        self.kv = StaticPromptKV(model)
+        self.steps = StepFunctions(model, should_compile(settings.compile, self.device))
+        self._vocab = vocab_size(model)
+        self._embed_dtype = embedding_dtype(model)
+        self._implementation = str(model.config._attn_implementation)
+        #: Steps launched ahead of the oldest unread stop flag: one where launching is asynchronous.
+        self._depth = 1 if self.device.type == "cuda" else 0
+        self._interval = max(1, settings.draft_interval)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the step is compiled."""
+        return self.steps.compiled
+
+    @torch.inference_mode()
+    def denoise(
+        self,
+        cache: PromptCache,
+        spec: CanvasSpec,
+        settings: SamplerSettings,
+        seed: int,
+        on_draft: Callable[[Draft], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> DenoiseOutcome:
+        """Denoise one canvas after the prompt ``cache`` holds; raises :class:`Cancelled`."""
+        prompt = cache.ids
+        n, length, device = len(prompt), spec.length, self.device
+        self.kv.sync(cache.full_cache, prompt, cache.reused_tokens)
+        bucket = context_bucket(n)
+        request = _Request(
+            cache=self.kv.step_cache(bucket),
+            masks=attention_masks(self.kv.key_masks(bucket, length), length, self._implementation, self._embed_dtype),
+            positions=torch.arange(n, n + length, device=device)[None, :],
+            settings=settings,
+            generator=torch.Generator(device=device).manual_seed(seed),
+            temperatures=torch.tensor(
+                [temperature(settings, settings.max_steps - s + 1) for s in range(1, settings.max_steps + 1)],
+                dtype=torch.float32,
+                device=device,
+            ),
+            drafts=on_draft is not None,
+        )
+        canvas, pinned, pinned_ids = _start_canvas(spec, self._vocab, request.generator, device)
+        request.conditioned = torch.ones(1, dtype=torch.bool, device=device)
+        request.unconditioned = torch.zeros(1, dtype=torch.bool, device=device)
+        request.pinned = pinned if pinned is not None else torch.zeros((1, length), dtype=torch.bool, device=device)
+        request.pinned_ids = (
+            pinned_ids if pinned_ids is not None else torch.zeros((1, length), dtype=torch.long, device=device)
+        )
+        state = _Step(
+            number=0,
+            canvas=canvas,
+            argmax=torch.full((1, length), -1, dtype=torch.long, device=device),
+            conditioning=torch.zeros((1, length, self._vocab), dtype=self._embed_dtype, device=device),
+            run=torch.zeros((), dtype=torch.long, device=device),
+            stop=torch.zeros((), dtype=torch.bool, device=device),
+            started=time.perf_counter(),
+        )
+        total = settings.max_steps
+        queue: list[_Step] = []
+        step_ms: list[float] = []
+        while True:
+            if cancelled is not None and cancelled():
+                raise Cancelled()
+            if state.number < total:
+                state = self._launch(state, request)
+                queue.append(state)
+            while queue and (len(queue) > self._depth or state.number >= total):
+                step = queue.pop(0)
+                stop = step.stopped()
+                step_ms.append((time.perf_counter() - step.started) * 1000.0)
+                last = stop or step.number >= total
+                if on_draft is not None and (last or step.number % self._interval == 0):
+                    on_draft(Draft(step=step.number, max_steps=total, canvas=step.canvas_ids(), final=last))
+                if last:
+                    return DenoiseOutcome(
+                        canvas=step.canvas_ids(), steps=step.number, stopped_early=stop and step.number < total,
+                        step_ms=step_ms,
+                    )
+
+    def _launch(self, state: _Step, request: _Request) -> _Step:
+        """Queue one step after ``state`` (no host sync)."""
+        settings, generator = request.settings, request.generator
+        started = time.perf_counter()
+        number = state.number + 1
+        self.steps.begin_step()
+        probs, entropy, argmax, conditioning = self.steps.forward_stats(
+            state.canvas, state.conditioning, request.conditioned if number > 1 else request.unconditioned,
+            request.positions, request.masks, request.cache,
+            request.temperatures[number - 1],
+        )
+        if settings.greedy:
+            proposal = argmax
+        else:  # the eager sampler's draw, from the same generator in the same order
+            proposal = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(argmax.shape)
+        noise = torch.randint(0, self._vocab, state.canvas.shape, generator=generator, device=self.device)
+        canvas, argmax, run, stop = self.steps.accept_and_stop(
+            entropy, argmax, proposal, noise, request.pinned, request.pinned_ids, state.argmax, state.run,
+            settings.entropy_bound, settings.stability_threshold, settings.confidence_threshold,
+        )
+        step = _Step(number, canvas, argmax, conditioning, run, stop, started)
+        if self.steps.cuda_graphs:  # the next replay reuses the graph's output memory
+            step.canvas, step.argmax, step.conditioning = canvas.clone(), argmax.clone(), conditioning.clone()
+            step.run, step.stop = run.clone(), stop.clone()
+        if self._depth:
+            step.host_stop = torch.empty((), dtype=torch.bool, pin_memory=True)
+            step.host_stop.copy_(step.stop, non_blocking=True)
+            if request.drafts and number % self._interval == 0:
+                step.host_argmax = torch.empty(tuple(argmax.shape), dtype=torch.long, pin_memory=True)
+                step.host_argmax.copy_(step.argmax, non_blocking=True)
+            step.event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            step.event.record()
+        return step
+
+
+@dataclass
+class _Request:
+    """What stays fixed through one request's steps."""
+
+    cache: StepCache
+    masks: dict[str, torch.Tensor]
+    positions: torch.Tensor
+    settings: SamplerSettings
+    generator: torch.Generator
+    temperatures: torch.Tensor
+    drafts: bool
+    conditioned: torch.Tensor = field(default_factory=lambda: torch.ones(1, dtype=torch.bool))
+    unconditioned: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.bool))
+    pinned: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    pinned_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))

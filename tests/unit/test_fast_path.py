@@ -1,0 +1,187 @@
+"""The fast path (static prompt KV, fixed shapes, sync-free step) gives the eager path's answers."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from dg_lsp.canvas import CANVAS_LENGTHS, HoleKind
+from dg_lsp.engine.compiled_step import compile_cache_dir, should_compile
+from dg_lsp.engine.denoiser import CanvasSpec, DenoiseOutcome, Draft, denoise
+from dg_lsp.engine.engine import Engine, InfillRequest
+from dg_lsp.engine.fast_path import FastDenoiser, FastPathSettings
+from dg_lsp.engine.prompt_cache import PromptCache
+from dg_lsp.engine.sampler import SamplerSettings
+from dg_lsp.engine.static_cache import MIN_BUCKET, StaticPromptKV, context_bucket
+from dg_lsp.model.loader import LoadedModel, load_model
+from dg_lsp.model.typing import text_config
+
+VOCAB = 512
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir: Path) -> LoadedModel:
+    return load_model(tiny_model_dir, "cpu", "float32")
+
+
+def prompt(seed: int, length: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(8, VOCAB) for _ in range(length)]
+
+
+def both(
+    model: torch.nn.Module, fast: FastDenoiser, ids: list[int], spec: CanvasSpec, settings: SamplerSettings, seed: int
+) -> tuple[DenoiseOutcome, DenoiseOutcome, list[Draft], list[Draft]]:
+    cache = PromptCache(model)  # type: ignore[arg-type]
+    cache.encode(ids)
+    eager_drafts: list[Draft] = []
+    fast_drafts: list[Draft] = []
+    eager = denoise(model, cache.cache, len(ids), spec, settings, seed, on_draft=eager_drafts.append)  # type: ignore[arg-type]
+    quick = fast.denoise(cache, spec, settings, seed, on_draft=fast_drafts.append)
+    return eager, quick, eager_drafts, fast_drafts
+
+
+def test_buckets_are_powers_of_two_from_the_minimum() -> None:
+    assert context_bucket(1) == MIN_BUCKET
+    assert context_bucket(MIN_BUCKET) == MIN_BUCKET
+    assert context_bucket(MIN_BUCKET + 1) == 2 * MIN_BUCKET
+    assert context_bucket(1000) == 1024
+    assert context_bucket(1025) == 2048
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+@pytest.mark.parametrize("length", CANVAS_LENGTHS[:2])
+def test_same_canvases_drafts_and_steps_as_the_eager_path(loaded: LoadedModel, greedy: bool, length: int) -> None:
+    fast = FastDenoiser(loaded.model, FastPathSettings(compile="off"))
+    for seed, context in ((0, 20), (1, 70), (2, 150)):
+        settings = SamplerSettings(max_steps=6, greedy=greedy)
+        eager, quick, eager_drafts, fast_drafts = both(
+            loaded.model, fast, prompt(seed, context), CanvasSpec(length=length), settings, seed
+        )
+        assert quick.canvas == eager.canvas
+        assert (quick.steps, quick.stopped_early) == (eager.steps, eager.stopped_early)
+        assert fast_drafts == eager_drafts
+
+
+def test_adaptive_stopping_stops_at_the_same_step(loaded: LoadedModel) -> None:
+    # Every token accepted (the canvas settles) and a confidence threshold above any mean entropy:
+    # the stability rule alone decides.
+    fast = FastDenoiser(loaded.model, FastPathSettings(compile="off"))
+    stopped = 0
+    for seed in range(4):
+        for threshold in (1, 2):
+            settings = SamplerSettings(
+                max_steps=12, entropy_bound=1e6, confidence_threshold=100.0, stability_threshold=threshold
+            )
+            eager, quick, _, _ = both(loaded.model, fast, prompt(seed, 40), CanvasSpec(length=32), settings, seed)
+            assert (quick.canvas, quick.steps, quick.stopped_early) == (eager.canvas, eager.steps, eager.stopped_early)
+            stopped += eager.stopped_early
+    assert stopped > 0  # the rule did fire somewhere, so both paths were compared on it
+
+
+def test_seeded_and_pinned_canvas_matches(loaded: LoadedModel) -> None:
+    fast = FastDenoiser(loaded.model, FastPathSettings(compile="off"))
+    seed_ids = prompt(9, 32)
+    pins = [i % 3 == 0 for i in range(32)]
+    spec = CanvasSpec(length=32, seed_ids=seed_ids, seed_noise=0.5, pinned=pins)
+    eager, quick, _, _ = both(loaded.model, fast, prompt(3, 50), spec, SamplerSettings(max_steps=5), 3)
+    assert quick.canvas == eager.canvas
+    assert all(quick.canvas[i] == seed_ids[i] for i in range(32) if pins[i])
+
+
+def test_sliding_window_layers_see_only_the_window(tiny_model_dir: Path) -> None:
+    model = load_model(tiny_model_dir, "cpu", "float32").model
+    config = text_config(model)
+    assert "sliding_attention" in (config.layer_types or [])
+    config.sliding_window = 24  # prompts below are longer: the window really cuts
+    fast = FastDenoiser(model, FastPathSettings(compile="off"))
+    for seed, context in ((0, 60), (1, 100)):
+        eager, quick, _, _ = both(model, fast, prompt(seed, context), CanvasSpec(length=32), SamplerSettings(max_steps=4), seed)
+        assert quick.canvas == eager.canvas
+
+
+def test_typing_copies_only_the_changed_tail(loaded: LoadedModel) -> None:
+    cache = PromptCache(loaded.model)
+    kv = StaticPromptKV(loaded.model)
+    ids = prompt(4, 90)
+    cache.encode(ids)
+    assert kv.sync(cache.full_cache, cache.ids, cache.reused_tokens) == 90
+    assert kv.capacity == 128
+    for typed in (ids + [77], ids + [77, 78], ids[:50] + [79]):  # typing, typing on, deleting back
+        stats = cache.encode(typed)
+        assert kv.sync(cache.full_cache, cache.ids, cache.reused_tokens) == stats.encoded_tokens >= 1
+    assert kv.sync(cache.full_cache, cache.ids) == 0  # same prompt again: nothing to copy
+    longer = ids + prompt(5, 100)  # past the bucket: the buffers grow to the next one
+    cache.encode(longer)
+    assert kv.sync(cache.full_cache, cache.ids, cache.reused_tokens) == len(longer)
+    assert kv.capacity == 256
+
+
+def test_the_static_buffers_hold_what_the_prompt_cache_holds(loaded: LoadedModel) -> None:
+    cache = PromptCache(loaded.model)
+    kv = StaticPromptKV(loaded.model)
+    for ids in (prompt(6, 40), prompt(6, 40)[:30] + prompt(7, 20)):
+        cache.encode(ids)
+        kv.sync(cache.full_cache, cache.ids)
+        view = kv.step_cache(context_bucket(len(ids)))
+        for layer, theirs in zip(view.layers, cache.full_cache.layers, strict=True):
+            assert theirs.keys is not None and theirs.values is not None
+            assert torch.equal(layer.keys[..., : len(ids), :], theirs.keys)
+            assert torch.equal(layer.values[..., : len(ids), :], theirs.values)
+
+
+def test_draft_interval_reports_every_nth_step_and_the_last(loaded: LoadedModel) -> None:
+    fast = FastDenoiser(loaded.model, FastPathSettings(compile="off", draft_interval=2))
+    cache = PromptCache(loaded.model)
+    cache.encode(prompt(8, 30))
+    drafts: list[Draft] = []
+    settings = SamplerSettings(max_steps=5, confidence_threshold=-1.0)
+    outcome = fast.denoise(cache, CanvasSpec(length=32), settings, 0, on_draft=drafts.append)
+    assert [d.step for d in drafts] == [2, 4, 5]
+    assert [d.final for d in drafts] == [False, False, True]
+    assert drafts[-1].canvas == outcome.canvas
+
+
+def test_engine_answers_the_same_on_both_paths(tiny_model_dir: Path) -> None:
+    fast = Engine(load_model(tiny_model_dir, "cpu", "float32"))
+    eager = Engine(load_model(tiny_model_dir, "cpu", "float32"), fast_path=FastPathSettings(enabled=False))
+    assert fast.fast is not None and eager.fast is None
+    request = InfillRequest(
+        prefix="def add(a, b):\n    return ", suffix="\n\nprint(add(1, 2))\n", language="python",
+        kind=HoleKind.LINE,
+        settings=SamplerSettings(max_steps=4),
+    )
+    for typed in ("", "a", "a +"):  # typing on: the prompt cache and the static buffers are reused
+        one = replace(request, prefix=request.prefix + typed)
+        assert fast.infill(one).text == eager.infill(one).text
+
+
+def test_compile_setting() -> None:
+    assert should_compile("auto", torch.device("cpu")) is False
+    assert should_compile("auto", torch.device("cuda")) is True
+    assert should_compile("on", torch.device("cpu")) is True
+    assert should_compile("off", torch.device("cuda")) is False
+    with pytest.raises(ValueError):
+        should_compile("sometimes", torch.device("cpu"))
+
+
+def test_compile_cache_lives_under_the_user_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compile_cache_dir() == tmp_path / "dg-lsp" / "torchinductor"
+
+
+def test_compiled_step_gives_the_eager_canvas(loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    compiled = FastDenoiser(loaded.model, FastPathSettings(compile="on"))
+    assert compiled.compiled
+    # Two canvas lengths and two context buckets through one dynamic-shape graph.
+    for seed, context, length in ((0, 30, 32), (1, 90, 64)):
+        settings = SamplerSettings(max_steps=3)
+        eager, quick, _, _ = both(loaded.model, compiled, prompt(seed, context), CanvasSpec(length=length), settings, seed)
+        assert quick.canvas == eager.canvas
+        assert quick.steps == eager.steps
+    assert (tmp_path / "inductor").is_dir()
