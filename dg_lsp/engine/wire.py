@@ -8,6 +8,7 @@ Both the engine server (parsing) and the remote backend (building) use this modu
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,16 +23,21 @@ DEFAULT_MAX_TOKENS = 64
 
 
 class SamplerFields(BaseModel):
-    """:class:`~dg_lsp.engine.sampler.SamplerSettings` on the wire."""
+    """:class:`~dg_lsp.engine.sampler.SamplerSettings` on the wire; a field left out is the model's own."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_steps: int = Field(default=16, ge=1)
-    entropy_bound: float = Field(default=0.1, gt=0)
-    t_min: float = Field(default=0.4, gt=0)
-    t_max: float = Field(default=0.8, gt=0)
-    stability_threshold: int = Field(default=1, ge=0, le=64)
-    confidence_threshold: float = Field(default=0.005, ge=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    entropy_bound: float | None = Field(default=None, gt=0)
+    t_min: float | None = Field(default=None, gt=0)
+    t_max: float | None = Field(default=None, gt=0)
+    stability_threshold: int | None = Field(default=None, ge=0, le=64)
+    confidence_threshold: float | None = Field(default=None, ge=0)
+
+    def settings(self, defaults: SamplerSettings, greedy: bool) -> SamplerSettings:
+        """``defaults`` (the model's sampler) with the fields this request sets."""
+        given = {name: value for name, value in self.model_dump().items() if value is not None}
+        return replace(defaults, **given, greedy=greedy)
 
 
 class DgFields(BaseModel):
@@ -69,20 +75,12 @@ class CompletionRequest(BaseModel):
     echo: Literal[False] = False
     dg: DgFields = DgFields()
 
-    def infill_request(self) -> InfillRequest:
-        """The engine request this completion asks for."""
-        sampler = self.dg.sampler
+    def infill_request(self, defaults: SamplerSettings = SamplerSettings()) -> InfillRequest:
+        """The engine request this completion asks for; sampler fields it leaves out come from ``defaults``."""
         greedy = self.temperature == 0.0
-        t_min, t_max = (sampler.t_min, sampler.t_max) if greedy else (self.temperature / 2, self.temperature)
-        settings = SamplerSettings(
-            max_steps=sampler.max_steps,
-            entropy_bound=sampler.entropy_bound,
-            t_min=t_min,
-            t_max=t_max,
-            stability_threshold=sampler.stability_threshold,
-            confidence_threshold=sampler.confidence_threshold,
-            greedy=greedy,
-        )
+        settings = self.dg.sampler.settings(defaults, greedy)
+        if not greedy:
+            settings = replace(settings, t_min=self.temperature / 2, t_max=self.temperature)
         return InfillRequest(
             prefix=self.prompt,
             suffix=self.suffix or "",

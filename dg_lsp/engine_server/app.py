@@ -230,9 +230,10 @@ def create_app(
             metrics.requests.labels(status="unavailable").inc()
             return _error(503, f"the model is {state.status}: {state.error or 'try again shortly'}",
                           "service_unavailable", headers={"Retry-After": "2"})
-        if body.dg.sampler.max_steps > state.max_steps:
+        infill = body.infill_request(scheduler.engine.sampler_defaults)  # unset sampler fields: the model's own
+        if infill.settings.max_steps > state.max_steps:
             metrics.requests.labels(status="invalid").inc()
-            return _error(400, f"dg.sampler.max_steps {body.dg.sampler.max_steps} exceeds this server's limit "
+            return _error(400, f"dg.sampler.max_steps {infill.settings.max_steps} exceeds this server's limit "
                           f"of {state.max_steps}", "invalid_request_error")
         arrived = time.perf_counter()
         loop = asyncio.get_running_loop()
@@ -245,7 +246,7 @@ def create_app(
         wants_drafts = body.stream and body.dg.drafts
         try:
             # Tokenising a long prompt takes a while: not on the event loop.
-            job = await asyncio.to_thread(scheduler.submit, body.infill_request(), on_draft if wants_drafts else None)
+            job = await asyncio.to_thread(scheduler.submit, infill, on_draft if wants_drafts else None)
         except QueueFull as exc:
             metrics.requests.labels(status="rejected").inc()
             return _error(429, f"the engine is busy: {exc}", "rate_limit_error", "queue_full", {"Retry-After": "1"})

@@ -158,3 +158,15 @@ def test_the_dg_dialect_carries_the_file_name_to_the_engine_server() -> None:
     assert CompletionRequest.model_validate(body).infill_request().file_name == "add.py"
     unnamed = completion_body(InfillRequest(prefix="", suffix="", language=None, kind=HoleKind.LINE), None, stream=False)
     assert "file_name" not in unnamed["dg"]  # older engine servers reject unknown fields
+
+
+def test_the_engine_server_fills_unset_sampler_fields_with_the_model_defaults() -> None:
+    from dg_lsp.engine.wire import CompletionRequest
+
+    model = SamplerSettings(max_steps=48, entropy_bound=0.1, t_min=0.4, t_max=0.8)
+    plain = CompletionRequest.model_validate({"prompt": "x = ", "suffix": "\n"}).infill_request(model)
+    assert plain.settings == model  # an OpenAI client that sends no dg fields gets the checkpoint's sampler
+    some = CompletionRequest.model_validate({"prompt": "x", "dg": {"sampler": {"max_steps": 6}}}).infill_request(model)
+    assert (some.settings.max_steps, some.settings.t_min, some.settings.t_max) == (6, 0.4, 0.8)
+    warm = CompletionRequest.model_validate({"prompt": "x", "temperature": 1.0}).infill_request(model)
+    assert (warm.settings.greedy, warm.settings.t_min, warm.settings.t_max) == (False, 0.5, 1.0)
