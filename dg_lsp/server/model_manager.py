@@ -19,6 +19,7 @@ from dg_lsp.engine.backend import InfillBackend
 from dg_lsp.engine.engine import Engine, warmup_requests
 from dg_lsp.engine.remote import RemoteBackend, RemoteEngineError, RemoteSettings
 from dg_lsp.model.loader import EMBEDDED_MODEL_DIR, ModelLoadError, load_model
+from dg_lsp.model.resident import make_resident
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,11 @@ def engine_facts(spec: BackendSpec | None) -> dict[str, object]:
     return {"kind": "local"}
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
 class ModelManager:
     """Holds the current backend; a failed load keeps the previous one (if any)."""
 
@@ -143,6 +149,25 @@ class ModelManager:
         if exc.unreachable and self.status is ModelStatus.READY:
             self.status = ModelStatus.UNREACHABLE
 
+    def runtime_failure(self, exc: BaseException) -> str:
+        """The model failed while running (device lost, driver error, out of memory): say what happens now.
+
+        Out of memory keeps the model (the next, smaller request may fit); anything else drops
+        it: completions are off until a configuration change loads a model again.
+        """
+        if _out_of_memory(exc):
+            message = f"out of memory while completing ({type(exc).__name__}: {exc}); this request answers empty"
+            log.error("%s", message)
+            return message
+        message = (
+            f"the model failed while running ({type(exc).__name__}: {exc}); completions are off until the "
+            "model is loaded again (change any setting, e.g. the model or device)"
+        )
+        log.error("%s", message)
+        self._adopt(None, self.spec)
+        self.status, self.error = ModelStatus.FAILED, message
+        return message
+
     def close(self) -> None:
         """Release the backend (closes a remote backend's connections)."""
         self._adopt(None, None)
@@ -182,6 +207,7 @@ class ModelManager:
         report(f"loading {spec.path.name}", 5)
         try:
             loaded = load_model(spec.path, spec.device, spec.dtype, spec.quantize)
+            make_resident(loaded.model, loaded.path)  # a shard rewritten later cannot crash the server
             engine = Engine(loaded, reuse_prompt_cache=spec.reuse_prompt_cache, prompt_format=spec.prompt_format)
         except ModelLoadError as exc:
             self.error = str(exc)

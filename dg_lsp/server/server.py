@@ -332,6 +332,9 @@ def create_server(model_override: str | None = None) -> DgServer:
         except RemoteEngineError as exc:
             ls.remote_failed(exc)
             return types.InlineCompletionList(items=[])
+        except (RuntimeError, MemoryError, OSError) as exc:  # the model broke while running (device lost, OOM)
+            ls.announce(ls.models.runtime_failure(exc))
+            return types.InlineCompletionList(items=[])
         ls.models.note_success()
         snapshot.give_back()
         current = ls.documents.get(uri)
@@ -408,6 +411,10 @@ async def _rewrite_selection(ls: DgServer, args: tuple[Any, ...]) -> dict[str, A
         return {**reply, "text": None, "edit": None, "applied": False, "error": str(exc)}
     except ValueError as exc:
         raise JsonRpcInvalidParams(f"{REWRITE_COMMAND}: {exc}") from exc
+    except (RuntimeError, MemoryError, OSError) as exc:  # the model broke while running (device lost, OOM)
+        message = ls.models.runtime_failure(exc)
+        ls.announce(message)
+        return {**reply, "text": None, "edit": None, "applied": False, "error": message}
     ls.models.note_success()
     current = ls.documents.get(uri)
     if current is None or current.version != version:

@@ -251,3 +251,14 @@ def test_an_invalid_generation_config_is_one_clear_error(published_model_dir: Pa
     (bad / "generation_config.json").write_text(json.dumps({**PUBLISHED_GENERATION_CONFIG, "t_min": 0.9}))
     with pytest.raises(ModelLoadError, match="not a valid DiffusionGemma generation config"):
         load_model(bad, device="cpu")
+
+
+def test_a_chat_template_inside_tokenizer_config_is_found(published_model_dir: Path, tmp_path: Path) -> None:
+    other = copy_checkpoint(published_model_dir, tmp_path / "template-in-config")
+    template = (other / "chat_template.jinja").read_text()
+    (other / "chat_template.jinja").unlink()
+    config = json.loads((other / "tokenizer_config.json").read_text())
+    (other / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    engine = Engine(load_model(other, device="cpu"))
+    assert engine.prompt_format == "chat"
+    assert engine.prepare(request()).prompt == Engine(load_model(published_model_dir, device="cpu")).prepare(request()).prompt
