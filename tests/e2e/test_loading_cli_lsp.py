@@ -94,3 +94,20 @@ async def test_the_quantize_setting_loads_int8_weights_and_completes(client: Lan
     open_document(client, STATS_URI, STATS_SOURCE)
     result = await inline(client, STATS_URI, 4, 11)
     assert result is not None
+
+
+async def test_a_missing_shard_is_named_once(client: LanguageClient, tmp_path: Path) -> None:
+    broken = Path(shutil.copytree(os.environ["DG_LSP_TEST_PUBLISHED_MODEL"], tmp_path / "published"))
+    index = json.loads((broken / "model.safetensors.index.json").read_text(encoding="utf-8"))
+    gone = sorted(set(index["weight_map"].values()))[-1]
+    (broken / gone).unlink()
+    await start(client, {"model": str(broken)})
+    state = await info(client)
+    assert state["status"] == "failed"
+    assert state["error"] == f"{broken} is missing weight shard {gone} (listed in model.safetensors.index.json)"
+    open_document(client, STATS_URI, STATS_SOURCE)
+    for _ in range(2):
+        result = await inline(client, STATS_URI, 4, 11)
+        assert result is not None and not result.items
+    shown = [m.message for m in client.messages if gone in m.message]  # type: ignore[attr-defined]
+    assert len(shown) == 1
