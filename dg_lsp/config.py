@@ -116,6 +116,10 @@ class ServerOptions:
     #: Weight quantization (none | fp8 | int8); null: ``--quantize`` / ``$DG_LSP_QUANTIZE``, else none.
     quantize: Literal["none", "fp8", "int8"] | None = None
     reuse_prompt_cache: bool = True
+    #: Static prompt KV, fixed shapes and a denoising step with no host sync (false: transformers' eager path).
+    fast_path: bool = True
+    #: Compile the denoising step: auto (on CUDA; not on CPU, where the first compile takes minutes), on, off.
+    compile: Literal["auto", "on", "off"] = "auto"
     completion: CompletionOptions = CompletionOptions()
     rewrite: RewriteOptions = RewriteOptions()
     engine: EngineOptions = EngineOptions()

@@ -17,6 +17,7 @@ from pathlib import Path
 from dg_lsp.config import EngineOptions
 from dg_lsp.engine.backend import InfillBackend
 from dg_lsp.engine.engine import Engine, warmup_requests
+from dg_lsp.engine.fast_path import FastPathSettings
 from dg_lsp.engine.remote import RemoteBackend, RemoteEngineError, RemoteSettings
 from dg_lsp.model.loader import EMBEDDED_MODEL_DIR, ModelLoadError, load_model
 from dg_lsp.model.resident import make_resident
@@ -49,6 +50,9 @@ class ModelSpec:
     prompt_format: str = "auto"
     #: Weight quantization: none | fp8 | int8 (see :mod:`dg_lsp.model.quantize`).
     quantize: str = "none"
+    #: The engine's fast path and whether its step is compiled (see :mod:`dg_lsp.engine.fast_path`).
+    fast_path: bool = True
+    compile: str = "auto"
 
 
 #: Environment variable: the quantization used when neither settings nor the command line give one.
@@ -65,6 +69,8 @@ def model_spec(
     reuse_prompt_cache: bool = True,
     prompt_format: str = "auto",
     quantize: str | None = None,
+    fast_path: bool = True,
+    compile: str = "auto",
 ) -> ModelSpec:
     """The spec for a configured model directory or hub id (None → the embedded default).
 
@@ -78,6 +84,8 @@ def model_spec(
         reuse_prompt_cache=reuse_prompt_cache,
         prompt_format=prompt_format,
         quantize=quantize or os.environ.get(QUANTIZE_ENV) or "none",
+        fast_path=fast_path,
+        compile=compile,
     )
 
 
@@ -208,15 +216,23 @@ class ModelManager:
         try:
             loaded = load_model(spec.path, spec.device, spec.dtype, spec.quantize)
             make_resident(loaded.model, loaded.path)  # a shard rewritten later cannot crash the server
-            engine = Engine(loaded, reuse_prompt_cache=spec.reuse_prompt_cache, prompt_format=spec.prompt_format)
+            engine = Engine(
+                loaded,
+                reuse_prompt_cache=spec.reuse_prompt_cache,
+                prompt_format=spec.prompt_format,
+                fast_path=FastPathSettings(enabled=spec.fast_path, compile=spec.compile),
+            )
         except ModelLoadError as exc:
             self.error = str(exc)
             log.error("model load failed: %s", exc)
             raise
         self.load_seconds = time.perf_counter() - started
-        report(f"warming up {spec.path.name} on {loaded.device}", 70)
+        compiling = " (compiling the denoising step)" if engine.fast is not None and engine.fast.compiled else ""
         started = time.perf_counter()
-        for request in warmup_requests():
+        requests = warmup_requests()
+        for index, request in enumerate(requests):
+            report(f"warming up {spec.path.name} on {loaded.device}{compiling}: {index + 1}/{len(requests)}",
+                   70 + 25 * index // len(requests))
             engine.infill(request)
         self.warmup_seconds = time.perf_counter() - started
         self._adopt(engine, spec)

@@ -104,7 +104,7 @@ class DgServer(LanguageServer):
         model = self.options.model or self.model_override or os.environ.get("DG_LSP_MODEL") or None
         return model_spec(
             model, self.options.device, self.options.dtype, self.options.reuse_prompt_cache, self.options.prompt_format,
-            self.options.quantize,
+            self.options.quantize, fast_path=self.options.fast_path, compile=self.options.compile,
         )
 
     def apply_options(self, raw: Any) -> None:

@@ -185,3 +185,12 @@ def test_compiled_step_gives_the_eager_canvas(loaded: LoadedModel, monkeypatch: 
         assert quick.canvas == eager.canvas
         assert quick.steps == eager.steps
     assert (tmp_path / "inductor").is_dir()
+
+
+def test_server_settings_for_the_fast_path() -> None:
+    from dg_lsp.config import ServerOptions, parse_options
+
+    options, problems = parse_options(ServerOptions, {"fastPath": False, "compile": "on"})
+    assert (options.fast_path, options.compile, problems) == (False, "on", [])
+    options, problems = parse_options(ServerOptions, {"compile": "sometimes"})
+    assert options.compile == "auto" and len(problems) == 1 and "compile" in problems[0]
