@@ -26,6 +26,7 @@ from dg_lsp.engine_server.auth import authorized
 from dg_lsp.engine_server.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit, BodyTooLarge
 from dg_lsp.engine_server.metrics import EngineMetrics
 from dg_lsp.model.loader import ModelLoadError, load_model
+from dg_lsp.model.resident import make_resident
 from dg_lsp.server.model_manager import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class EngineState:
         try:
             say(f"loading {self.spec.path}")
             loaded = load_model(self.spec.path, self.spec.device, self.spec.dtype, self.spec.quantize)
+            make_resident(loaded.model, loaded.path)  # a shard rewritten later cannot crash the server
             engine = Engine(loaded, reuse_prompt_cache=self.spec.reuse_prompt_cache)
             scheduler = BatchScheduler(
                 engine, self.max_batch, self.max_queue, on_step=self.metrics.on_step, pad_canvases=self.pad_canvases

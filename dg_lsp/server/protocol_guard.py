@@ -7,7 +7,7 @@ decodes the whole message itself instead, so that it can answer:
 - params that do not match the method's LSP type: ``-32602`` (invalid params) naming the field;
 - a message that is not a JSON-RPC 2.0 request (wrong ``jsonrpc``, ``method`` not a string,
   neither a request nor a response) but carries an id: ``-32600`` (invalid request);
-- a request after ``shutdown``: ``-32600``;
+- a notification method sent with an id, and a request after ``shutdown``: ``-32600``;
 - unknown methods: ``-32601`` (pygls already answers these).
 
 Notifications and frames without a usable id cannot be answered: they are logged and skipped.
@@ -20,6 +20,7 @@ import logging
 import re
 from typing import Any
 
+import attrs
 import cattrs
 from cattrs.v import format_exception, transform_error
 from lsprotocol import types
@@ -146,6 +147,9 @@ class GuardedProtocol(LanguageServerProtocol):
             self._reject(msg_id, True, f"{method}: the server is shutting down (shutdown was requested)")
             return
         request_type = self.get_message_type(method)
+        if request_type is not None and "id" not in attrs.fields_dict(request_type):
+            self._reject(msg_id, True, f"{method} is a notification: send it without an id")
+            return
         try:
             if request_type is None:  # unknown method: pygls answers -32601; params may be omitted
                 structured = self._converter.structure({"params": None, **message}, JsonRPCRequestMessage)

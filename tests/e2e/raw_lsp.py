@@ -34,9 +34,15 @@ class RawClient:
         self.responses: dict[Any, dict[str, Any]] = {}
         self.notifications: list[dict[str, Any]] = []
         self.unmatched: list[dict[str, Any]] = []
+        #: every message from the server, in arrival order
+        self.arrivals: list[dict[str, Any]] = []
+        #: ids answered more than once
+        self.duplicates: list[Any] = []
         self._arrived = asyncio.Condition()
         self._reader = asyncio.ensure_future(self._read_loop())
         self._next = 0
+        #: requests sent, by id (for failure messages)
+        self.requests_sent: dict[Any, Any] = {}
 
     @classmethod
     async def start(cls, log: Path | None = None, extra_env: dict[str, str] | None = None) -> RawClient:
@@ -59,6 +65,8 @@ class RawClient:
 
     async def send(self, message: dict[str, Any] | list[Any] | str | bytes) -> None:
         """Send one framed message."""
+        if isinstance(message, dict) and "method" in message and isinstance(message.get("id"), (int, str, float)):
+            self.requests_sent[message["id"]] = message
         await self.send_bytes(frame(message))
 
     async def _read_loop(self) -> None:
@@ -80,6 +88,7 @@ class RawClient:
             await self._dispatch(message)
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
+        self.arrivals.append(message)
         if "method" in message and "id" in message:  # a request from the server: answer benignly
             result: Any = None
             if message["method"] == "workspace/applyEdit":
@@ -91,6 +100,8 @@ class RawClient:
                 self.notifications.append(message)
             elif "id" in message and message["id"] is not None and message["id"] not in self.responses:
                 self.responses[message["id"]] = message
+            elif "id" in message and message["id"] is not None:
+                self.duplicates.append(message["id"])
             else:
                 self.unmatched.append(message)
             self._arrived.notify_all()
@@ -113,7 +124,8 @@ class RawClient:
                 await asyncio.wait_for(self._arrived.wait_for(ready), timeout)
             except TimeoutError:
                 missing = [i for i in wanted if i not in self.responses]
-                raise TimeoutError(f"no answer to requests {missing[:20]} within {timeout} s") from None
+                shown = [self.requests_sent.get(i, i) for i in missing[:5]]
+                raise TimeoutError(f"no answer to {len(missing)} requests within {timeout} s: {shown}") from None
         missing = [i for i in wanted if i not in self.responses]
         if missing:
             raise AssertionError(f"the server exited ({self.process.returncode}) without answering {missing[:20]}")
@@ -134,7 +146,8 @@ class RawClient:
 
     async def initialize(self, options: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
         """initialize + initialized, then wait until the model is no longer loading; ``dg.info``."""
-        capabilities = {"window": {"workDoneProgress": True}, "workspace": {"applyEdit": True}}
+        capabilities = {"window": {"workDoneProgress": True},
+                        "workspace": {"applyEdit": True, "workspaceEdit": {"documentChanges": True}}}
         reply = await self.request(
             "initialize", {"processId": os.getpid(), "capabilities": capabilities, "initializationOptions": options}
         )

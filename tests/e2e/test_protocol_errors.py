@@ -70,7 +70,9 @@ async def test_invalid_requests_and_unknown_methods(raw: RawClient) -> None:
     await raw.send({"jsonrpc": "2.0", "id": 104, "method": "dg/noSuchMethod", "params": {}})
     await raw.send({"jsonrpc": "2.0", "id": "str-id", "method": "dg/noSuchMethod"})
     await raw.send({"jsonrpc": "2.0", "id": 1.5, "method": INLINE, "params": inline_params(URI, 0, 0)})
-    r101, r102, r103, r104, rstr, rfloat = await raw.wait_for([101, 102, 103, 104, "str-id", 1.5], timeout=60)
+    await raw.send({"jsonrpc": "2.0", "id": 105, "method": "$/cancelRequest", "params": {"id": 1}})
+    r101, r102, r103, r104, rstr, rfloat, r105 = await raw.wait_for([101, 102, 103, 104, "str-id", 1.5, 105], timeout=60)
+    assert _error(r105)["code"] == INVALID_REQUEST and "is a notification" in _error(r105)["message"]
     assert _error(r101)["code"] == INVALID_REQUEST and '"jsonrpc" must be "2.0"' in _error(r101)["message"]
     assert _error(r102)["code"] == INVALID_REQUEST and '"method" must be a string' in _error(r102)["message"]
     assert _error(r103)["code"] == INVALID_REQUEST
