@@ -8,7 +8,8 @@
    sharded load straight onto the device, vision tower dropped, quantization while reading),
    and reports load time, memory (allocated, peak, weights, and the loader's estimate), then
    chat-format infill latency through ``dg_lsp.engine.Engine`` (the format it picks for this
-   checkpoint) with the checkpoint's sampler and with a fixed 16-step budget.
+   checkpoint) with the checkpoint's sampler and with a fixed 16-step budget. The engine's fast
+   path runs uncompiled by default (``--compile off``): compiling the 26B step takes minutes.
 
 Budget: built for one H100/H200 within 8 minutes (phases are skipped, and say so, when
 ``--budget-s`` runs out). ``--geometry tiny --device cpu`` runs the same code in seconds
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from dg_lsp.canvas import HoleKind  # noqa: E402
 from dg_lsp.engine.engine import Engine, InfillRequest  # noqa: E402
+from dg_lsp.engine.fast_path import FastPathSettings  # noqa: E402
 from dg_lsp.engine.sampler import SamplerSettings  # noqa: E402
 from dg_lsp.model.geometry import GEOMETRIES, Geometry  # noqa: E402
 from dg_lsp.model.loader import load_model  # noqa: E402
@@ -133,7 +135,14 @@ def _request(settings: SamplerSettings, kind: HoleKind) -> InfillRequest:
 
 
 def measure(
-    path: Path, device: torch.device, dtype: str, quantize: str, repeats: int, kind: HoleKind, steps: int | None
+    path: Path,
+    device: torch.device,
+    dtype: str,
+    quantize: str,
+    repeats: int,
+    kind: HoleKind,
+    steps: int | None,
+    compile_mode: str = "off",
 ) -> dict[str, Any]:
     """Load ``path`` with ``quantize`` and time chat-format infills; the numbers as a dict."""
     if device.type == "cuda":
@@ -160,8 +169,9 @@ def measure(
         row["allocated_after_load_gib"] = round((torch.cuda.memory_allocated(device) - base) / GIB, 3)
         row["peak_during_load_gib"] = round((torch.cuda.max_memory_allocated(device) - base) / GIB, 3)
         torch.cuda.reset_peak_memory_stats(device)
-    engine = Engine(loaded)
+    engine = Engine(loaded, fast_path=FastPathSettings(compile=compile_mode))
     row["prompt_format"] = engine.prompt_format
+    row["compile"] = compile_mode
     runs = {"checkpoint_sampler": engine.sampler_defaults, "16_steps": SamplerSettings(max_steps=16, greedy=True)}
     for label, settings in runs.items():
         if steps is not None:
@@ -217,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", choices=[k.value for k in HoleKind if k is not HoleKind.SELECTION], default="block",
                         help="hole kind of the timed infill (sets the canvas length)")
     parser.add_argument("--steps", type=int, default=None, help="cap every run's step budget (smoke tests)")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="off",
+                        help="the engine's torch.compile of the step (off: compiling 26B takes minutes, past the budget)")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the checkpoint is written (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the written checkpoint")
     parser.add_argument("--shard-gb", type=float, default=4.0)
@@ -251,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["skipped"].append(f"{quantize}: budget spent ({elapsed:.0f} s > {args.budget_s:.0f} s)")
                 continue
             row = measure(work / "checkpoint", device, args.dtype, quantize, args.repeats, HoleKind(args.kind),
-                          args.steps)
+                          args.steps, args.compile)
             report["phases"].append(row)
             print(json.dumps(row), flush=True)
     finally:
