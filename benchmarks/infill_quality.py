@@ -20,8 +20,9 @@ at each maximum step count.
 
 ``--tuning-split N`` draws N tasks (seed 12345) from the tasks *outside* the ``--sample``/``--seed``
 sample, so decoding settings can be tuned on a split disjoint from the scored one.
-``--heldout-lines CORPUS`` replaces HumanEval with the project's own multi-line holes: 2-4
-consecutive non-blank lines of Python files held out of training (every
+``--heldout-lines CORPUS`` replaces HumanEval with the project's own multi-line holes: one
+Python statement spanning 2-4 whole lines (a compound statement or a multi-line call — what the
+server completes in one go on an empty line) of files held out of training (every
 ``dg_lsp.train.trainer.HELD_OUT_EVERY``-th corpus file), opened in the same editor layout (an
 empty line where the hole was, cursor on it); scored by exact match (line-wise, trailing
 whitespace ignored), since these files have no tests.
@@ -109,34 +110,68 @@ def same_code(completion: str, expected: str) -> bool:
 HELD_OUT_PREFIX = "HeldOutLines/"
 
 
+def _statement_spans(text: str) -> list[tuple[int, int]]:
+    """Line spans ``(first, last)`` of Python statements that cover 2-4 whole lines on their own."""
+    from dg_lsp.languages import get_parser
+
+    tree = get_parser("python").parse(text.encode("utf-8", "surrogatepass"))
+    if not text.isascii():  # byte offsets = str offsets keeps this simple; skip the rare non-ASCII file
+        return []
+    lines = text.split("\n")
+    spans: list[tuple[int, int]] = []
+    stack = [tree.root_node]
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.parent is None or node.parent.type not in ("module", "block"):
+            continue
+        if not node.type.endswith(("statement", "definition")) or node.has_error:
+            continue
+        first, last = node.start_point[0], node.end_point[0]
+        if not 1 <= last - first <= 3 or node.type == "expression_statement" and node.children[0].type == "string":
+            continue
+        if lines[first].strip() != text[node.start_byte : text.find("\n", node.start_byte)].strip():
+            continue  # something else shares the first line
+        if lines[last].rstrip() != lines[last][: node.end_point[1]].rstrip() or lines[last][node.end_point[1]:].strip():
+            continue  # something else shares the last line
+        spans.append((first, last))
+    return sorted(spans)
+
+
 def heldout_tasks(corpus: Path, count: int, seed: int) -> list[InfillTask]:
-    """``count`` multi-line holes (2-4 whole non-blank, non-comment lines) from held-out Python corpus files."""
+    """``count`` multi-line holes from held-out Python corpus files: one statement of 2-4 whole lines each.
+
+    A statement is what the server completes on an empty line (a LINE hole: one simple or
+    compound statement), so a whole multi-line statement is the multi-line answer an editor user
+    can get in one completion.
+    """
     from dg_lsp.train.examples import read_corpus
     from dg_lsp.train.trainer import HELD_OUT_EVERY
 
-    files = [f for i, f in enumerate(read_corpus(corpus)) if i % HELD_OUT_EVERY == 0 and f.language == "python"]
+    files = [(i, f) for i, f in enumerate(read_corpus(corpus)) if i % HELD_OUT_EVERY == 0 and f.language == "python"]
     if not files:
         raise SystemExit(f"infill_quality: no held-out Python files in {corpus}")
     rng = random.Random(seed)
     tasks: list[InfillTask] = []
+    seen: set[tuple[int, int]] = set()
     attempts = 0
-    while len(tasks) < count and attempts < 100 * count:
+    while len(tasks) < count and attempts < 50 * count:
         attempts += 1
-        index = rng.randrange(len(files))
-        lines = files[index].text.splitlines(keepends=True)
-        size = rng.randint(2, 4)
-        if len(lines) < size + 4:
+        index, source = files[rng.randrange(len(files))]
+        text = source.text
+        spans = _statement_spans(text)
+        if not spans:
             continue
-        start = rng.randrange(2, len(lines) - size)
-        hole = lines[start : start + size]
-        middle = "".join(hole)
-        if any(not line.strip() or line.lstrip().startswith("#") for line in hole) or len(middle) > 300 \
-                or not middle.endswith("\n"):
+        first, last = rng.choice(spans)
+        lines = text.split("\n")
+        middle = "\n".join(lines[first : last + 1]) + "\n"
+        if (index, first) in seen or len(middle) > 300 or last + 1 >= len(lines):
             continue
+        seen.add((index, first))
         tasks.append(InfillTask(
-            task_id=f"{HELD_OUT_PREFIX}{index}/L{start}-{size}",
-            prompt="".join(lines[:start]),
-            suffix="".join(lines[start + size :]),
+            task_id=f"{HELD_OUT_PREFIX}{index}/L{first}-{last - first + 1}",
+            prompt="".join(line + "\n" for line in lines[:first]),
+            suffix="\n".join(lines[last + 1 :]),
             canonical_solution=middle,
             test="",
             entry_point="",
@@ -334,9 +369,11 @@ class Row:
     failure: str | None = None
 
 
-def options(model: str | None, steps: int, device: str | None) -> dict[str, Any]:
+def options(model: str | None, steps: int, device: str | None, entropy_bound: float | None = None) -> dict[str, Any]:
     """The initializationOptions / configuration for a run."""
     opts: dict[str, Any] = {"model": model, "completion": {"maxSteps": steps, "seed": 0, "greedy": True}}
+    if entropy_bound is not None:
+        opts["completion"]["entropyBound"] = entropy_bound
     if device is not None:
         opts["device"] = device
     return opts
@@ -369,7 +406,7 @@ class Bench:
             "rootUri": None,
             "clientInfo": {"name": "dg-lsp-infill-quality", "version": "1"},
             "capabilities": {"textDocument": {"inlineCompletion": {"dynamicRegistration": False}}},
-            "initializationOptions": options(self.args.model, steps, self.args.device),
+            "initializationOptions": options(self.args.model, steps, self.args.device, self.args.entropy_bound),
         }
         await self.client.request("initialize", init, timeout=120)
         self.client.notify("initialized", {})
@@ -394,7 +431,7 @@ class Bench:
 
     async def configure(self, steps: int) -> None:
         """Switch the running server to ``steps`` (same model, so nothing reloads)."""
-        self.client.notify("workspace/didChangeConfiguration", {"settings": options(self.args.model, steps, self.args.device)})
+        self.client.notify("workspace/didChangeConfiguration", {"settings": options(self.args.model, steps, self.args.device, self.args.entropy_bound)})
         await self.ready(steps)
 
     async def complete(self, uri: str, text: str, offset: int) -> tuple[str, float, list[dict[str, Any]]]:
@@ -719,6 +756,9 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if troubles:
         lines += ["", "Problems (counted as failures): " + "; ".join(troubles) + "."]
+    if heldout:
+        lines += ["", "pass@1 here is exact match: the completion equals the hidden statement line by line "
+                  "(trailing whitespace ignored); these files have no tests to execute."]
     lines += [
         "",
         "pass@1: greedy completion executed as prompt + completion + suffix + test + `check(entry_point)` "
@@ -877,6 +917,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="checkpoint directory (default: the server's embedded model)")
     p.add_argument("--device", default=None, help="server device option (default: the server's 'auto')")
     p.add_argument("--steps", type=int, default=16, help="completion.maxSteps (default 16)")
+    p.add_argument("--entropy-bound", type=float, default=None, help="completion.entropyBound (default: the model's)")
     p.add_argument("--steps-sweep", type=parse_steps, default=None, metavar="4,8,16,32",
                    help="run at each of these maximum step counts (overrides --steps) and plot quality vs steps")
     which = p.add_mutually_exclusive_group()

@@ -26,6 +26,38 @@ def _parameters(model_dir: Path) -> tuple[int, int]:
     return text, total
 
 
+def plot_loss_curves(history: list[dict[str, Any]], out: Path, tokens_before: int = 0) -> Path:
+    """PNG of the training (smoothed) and held-out losses against tokens seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    train = [r for r in history if "middle" in r]
+    if train:
+        xs = [(tokens_before + r["tokens"]) / 1e6 for r in train]
+        window = max(1, len(train) // 30)
+        for key, label, color in (("middle", "train: middle + first <eom>", "tab:blue"), ("lm", "train: encoder next-token", "tab:orange")):
+            values = [float(r[key]) for r in train]
+            smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+            ax.plot(xs, smooth, color=color, alpha=0.5, linewidth=1, label=f"{label} (mean of {window})")
+    evals = [r for r in history if "eval_middle" in r]
+    if evals:
+        xs = [(tokens_before + r["tokens"]) / 1e6 for r in evals]
+        ax.plot(xs, [r["eval_middle"] for r in evals], "o-", color="tab:blue", label="held-out: middle + first <eom>")
+        ax.plot(xs, [r["eval_lm"] for r in evals], "s-", color="tab:orange", label="held-out: encoder next-token")
+    ax.set_xlabel("tokens seen (millions, context + canvas, incl. the warm start's)")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.set_title("dg-code-small training", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def write_model_card(
     model_dir: Path,
     summary: dict[str, Any],
@@ -33,6 +65,8 @@ def write_model_card(
     command: str,
     train_seconds: float | None,
     evaluation: str | None = None,
+    lineage: str | None = None,
+    limits: str | None = None,
 ) -> Path:
     """Write ``MODEL_CARD.md`` into ``model_dir``."""
     geometry = summary.get("geometry", {})
@@ -46,8 +80,9 @@ def write_model_card(
         "# dg-code-small",
         "",
         "The embedded default model of dg-lsp: a small code-infilling model with the DiffusionGemma",
-        "architecture (`DiffusionGemmaForBlockDiffusion`, transformers 5.23), trained from scratch by",
-        "`dg_lsp.train` on permissively licensed source from PyPI, npm and Debian. Apache-2.0.",
+        "architecture (`DiffusionGemmaForBlockDiffusion`, transformers 5.23), trained by `dg_lsp.train` on",
+        "permissively licensed source from PyPI, npm and Debian. Apache-2.0.",
+        *(["", lineage] if lineage else []),
         "",
         "## Architecture",
         "",
@@ -72,13 +107,14 @@ def write_model_card(
         f"- Command: `{command}`",
         f"- Steps: {summary.get('steps')}, tokens seen (context + canvas): {summary.get('tokens', 0) / 1e6:.2f}M",
         f"- Wall time: {train_seconds / 60:.0f} min" if train_seconds else "- Wall time: see training log",
-        f"- Final held-out diffusion loss: {summary.get('final_eval_loss', float('nan')):.3f}",
+        f"- Final held-out diffusion loss (middle + first `<eom>`): {summary.get('final_eval_loss', float('nan')):.3f}",
         "- Hyper-parameters: " + ", ".join(f"{k}={v}" for k, v in config.items()),
         "",
         "## Evaluation",
         "",
         evaluation or "See `benchmarks/RESULTS.md` (HumanEval single-line infilling through the LSP).",
         "",
+        *(["## Known limits", "", limits, ""] if limits else []),
     ]
     path = model_dir / "MODEL_CARD.md"
     path.write_text("\n".join(lines))
@@ -94,12 +130,16 @@ def main() -> None:
     parser.add_argument("--command", required=True)
     parser.add_argument("--minutes", type=float, default=None)
     parser.add_argument("--evaluation", type=Path, default=None, help="markdown file with evaluation numbers")
+    parser.add_argument("--lineage", type=Path, default=None, help="markdown file: how this model came to be")
+    parser.add_argument("--limits", type=Path, default=None, help="markdown file: known limits")
     args = parser.parse_args()
     summary = json.loads((args.train / "train-summary.json").read_text())
     manifest = json.loads((args.corpus / "manifest.json").read_text())
     evaluation = args.evaluation.read_text() if args.evaluation else None
     seconds = args.minutes * 60 if args.minutes else None
-    print(write_model_card(args.model_dir, summary, manifest, args.command, seconds, evaluation))
+    lineage = args.lineage.read_text() if args.lineage else None
+    limits = args.limits.read_text() if args.limits else None
+    print(write_model_card(args.model_dir, summary, manifest, args.command, seconds, evaluation, lineage, limits))
 
 
 if __name__ == "__main__":

@@ -204,3 +204,52 @@ def test_live_run_against_the_tiny_model(tmp_path: Path, capsys: pytest.CaptureF
     assert {Path(p).name for p in report["plots"]} == {"humaneval_infill_pass1.png", "humaneval_infill_latency.png", "humaneval_infill_steps.png"}
     printed = capsys.readouterr().out
     assert printed.startswith("### HumanEval single-line infilling") and "| suffix hidden | 2 | 1 |" in printed
+
+
+# -- tuning split and held-out multi-line holes ---------------------------------------------------
+def test_tuning_split_is_disjoint_from_the_scored_sample(tasks: list[he.InfillTask]) -> None:
+    scored, _ = iq.select(tasks, iq.build_parser().parse_args(["--sample", "300", "--seed", "1"]))
+    tuning, description = iq.select(tasks, iq.build_parser().parse_args(["--sample", "300", "--seed", "1", "--tuning-split", "80"]))
+    assert len(tuning) == 80 and not {t.task_id for t in tuning} & {t.task_id for t in scored}
+    assert "disjoint" in description
+    again, _ = iq.select(tasks, iq.build_parser().parse_args(["--sample", "300", "--seed", "1", "--tuning-split", "80"]))
+    assert [t.task_id for t in again] == [t.task_id for t in tuning]
+
+
+def test_same_code_ignores_trailing_whitespace_only() -> None:
+    assert iq.same_code("    a = 1\n    b = 2  \n", "    a = 1\n    b = 2\n")
+    assert not iq.same_code("a = 1\nb = 2", "    a = 1\n    b = 2\n")  # indentation counts
+    assert not iq.same_code("", "\n")
+
+
+def test_heldout_holes_are_whole_multi_line_statements_of_held_out_files(tmp_path: Path) -> None:
+    from dg_lsp.train.trainer import HELD_OUT_EVERY
+
+    body = (
+        "import os\n\n\n"
+        "def f(x):\n"
+        "    if x > 1:\n"
+        "        return os.sep\n"
+        "    total = sum(\n"
+        "        [x, x],\n"
+        "    )\n"
+        "    return total\n"
+    )
+    corpus = tmp_path / "corpus.jsonl"
+    rows = [{"text": body.replace("f(", f"f{i}("), "language": "python"} for i in range(2 * HELD_OUT_EVERY + 1)]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held = iq.heldout_tasks(corpus, 5, seed=0)
+    assert held and len({t.task_id for t in held}) == len(held)
+    for task in held:
+        index = int(task.task_id.removeprefix(iq.HELD_OUT_PREFIX).split("/")[0])
+        assert index % HELD_OUT_EVERY == 0  # only files the trainer holds out
+        assert task.prompt + task.canonical_solution + task.suffix == rows[index]["text"]
+        assert 2 <= task.canonical_solution.count("\n") <= 4 and not task.test
+        assert task.canonical_solution.strip().startswith(("if x > 1:", "total = sum(", "def f"))
+        doc = iq.probe(task, "suffix", "newline")
+        line_start = doc.text.rfind("\n", 0, doc.offset) + 1
+        assert doc.text[line_start : doc.text.find("\n", doc.offset)] == ""  # cursor on an empty line
+    rows_out = [iq.Row(t.task_id, "suffix", 16, "line", t.canonical_solution, completion=t.canonical_solution.rstrip("\n"),
+                       exact=True) for t in held]
+    iq.score(rows_out, {t.task_id: t for t in held}, iq.Limits(timeout_s=5.0, memory_mb=2048), jobs=1)
+    assert all(r.passed and r.outcome == "passed" for r in rows_out)
