@@ -134,7 +134,7 @@ def load_model(
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     try:
-        mode = check_mode(quantize, target)
+        mode = check_mode(quantize)
     except QuantizeError as exc:
         raise ModelLoadError(str(exc)) from exc
     try:

@@ -15,8 +15,8 @@ tensors refuse views (transpose, indexing) under ``torch.inference_mode``, and i
 no grouped matmul. So the experts run :func:`dequantized_grouped_mm`, transformers' grouped-matmul
 forward on the layer's experts dequantized for that forward (one layer's worth of transient memory).
 
-int4 is not offered: torchao's int4 layouts need CUDA kernels, and the tinygemm one has neither
-a dequantize nor an indexing op the fused experts could use.
+int4 is not offered: torchao's int4 layouts need CUDA kernels (so nothing could be checked on a
+CPU), and its tile-packed layout has no dequantize to run the fused experts with.
 
 The encoder and decoder share their text weights; quantizing at load keeps them shared.
 """
@@ -65,8 +65,8 @@ def is_quantized_param(name: str) -> bool:
     return "vision" not in name and _QUANTIZED.fullmatch(name) is not None
 
 
-def check_mode(mode: str, device: torch.device) -> Quantize:
-    """Validate ``mode`` for ``device``; raises :class:`QuantizeError` with the way out."""
+def check_mode(mode: str) -> Quantize:
+    """Validate ``mode``; raises :class:`QuantizeError` naming the modes there are."""
     if mode not in QUANTIZE_MODES:
         raise QuantizeError(f"unknown quantization {mode!r} (use {', '.join(QUANTIZE_MODES)})")
     return cast(Quantize, mode)
