@@ -46,6 +46,8 @@ def make_resident(model: torch.nn.Module, directory: Path) -> int:
         for tensor in [*model.parameters(), *model.buffers()]:
             if tensor.device.type != "cpu" or tensor.numel() == 0:
                 continue
+            if type(tensor.data) is not torch.Tensor:  # quantized (a tensor subclass): computed at load, not mapped
+                continue
             start = tensor.untyped_storage().data_ptr()
             if mapped is not None and not any(low <= start < high for low, high in mapped):
                 continue

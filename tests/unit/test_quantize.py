@@ -152,3 +152,13 @@ def test_the_quantize_setting_wins_over_the_command_line_default(monkeypatch: py
     for command in (["serve"], ["info"], ["infill", "f.py", "--line", "1", "--col", "1"],
                     ["rewrite", "f.py", "--range", "1:1-1:2"], ["engine-serve"]):
         assert build_parser().parse_args([*command, "--quantize", "int8"]).quantize == "int8", command
+
+
+@pytest.mark.parametrize("mode", ["fp8", "int8"])
+def test_quantized_models_can_be_made_resident(published_model_dir: Path, mode: str) -> None:
+    from dg_lsp.model.resident import make_resident
+
+    loaded = load_model(published_model_dir, "cpu", "float32", quantize=mode)
+    before = logits(loaded)
+    make_resident(loaded.model, loaded.path)  # quantized weights are skipped: they were computed, not mapped
+    assert torch.equal(logits(loaded), before)
