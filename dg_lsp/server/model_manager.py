@@ -6,6 +6,7 @@ server that cannot be reached yet is kept, so that later requests try it again.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -145,6 +146,13 @@ class ModelManager:
             if self.status is ModelStatus.LOADING:  # nothing new adopted: the previous backend stays
                 self.status = before if self.backend is not None else ModelStatus.FAILED
             raise
+        except MemoryError as exc:  # anywhere in loading (mapping a shard, allocating weights, warming up)
+            where = spec.base_url if isinstance(spec, RemoteSettings) else spec.path
+            self.error = f"out of memory while loading {where}: {exc}"
+            log.error("model load failed: %s", self.error)
+            self.status = before if self.backend is not None else ModelStatus.FAILED
+            gc.collect()  # give back what the failed load allocated
+            raise ModelLoadError(self.error) from exc
 
     def note_success(self) -> None:
         """A request went through: an engine server that was unreachable (or refusing) works now."""
