@@ -337,6 +337,27 @@ def engine_call(model: Any, prompt: list[int], canvas: int, greedy: bool, seed: 
     return call
 
 
+def fast_call(fast: Any, model: Any, prompt: list[int], canvas: int, greedy: bool, seed: int, loop_ms: list[float]) -> Callable[[int], int | None]:
+    """dg-lsp's fast path: ``PromptCache.encode`` on an empty cache, then ``FastDenoiser.denoise`` (static KV, fixed shapes)."""
+    from dg_lsp.engine.denoiser import CanvasSpec, Draft
+    from dg_lsp.engine.prompt_cache import PromptCache
+    from dg_lsp.engine.sampler import SamplerSettings
+
+    def on_draft(draft: Draft) -> None:  # the server always streams drafts; keep that cost
+        pass
+
+    def call(k: int) -> int | None:
+        cache = PromptCache(model, reuse=False)
+        cache.encode(prompt)
+        settings = SamplerSettings(max_steps=k, confidence_threshold=-1.0, greedy=greedy)
+        outcome = fast.denoise(cache, CanvasSpec(length=canvas), settings, seed, on_draft=on_draft)
+        if k > 1:
+            loop_ms.extend(outcome.step_ms)
+        return int(outcome.steps)
+
+    return call
+
+
 def prefill_times(subject: Subject, contexts: list[int], reps: int, seed: int) -> dict[str, dict[str, Any]]:
     """Encoder prefill of ``c`` random tokens: stock encoder call vs ``PromptCache.encode``."""
     from transformers import DynamicCache
@@ -530,6 +551,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log("timing engine (greedy, as the server)")
     paths["engine_greedy"] = measure_path("dg-lsp engine, greedy", engine_call(model, prompt_list, canvas, True, args.seed, loop_greedy), steps, args.reps, device)
     paths["engine_greedy"].loop_step_ms = loop_greedy
+    from dg_lsp.engine.fast_path import FastDenoiser, FastPathSettings
+
+    eager_fast = FastDenoiser(model, FastPathSettings(compile="off"))
+    for key, greedy in (("fast_sampled", False), ("fast_greedy", True)):
+        loop: list[float] = []
+        log(f"timing engine fast path ({key})")
+        paths[key] = measure_path(f"dg-lsp fast path, {key}", fast_call(eager_fast, model, prompt_list, canvas, greedy, args.seed, loop), steps, args.reps, device)
+        paths[key].loop_step_ms = loop
+    if args.no_compile:
+        paths["fast_compiled"] = PathResult("fast path, compiled", skipped="--no-compile")
+    else:
+        log("timing engine fast path, compiled (the first call compiles)")
+        try:
+            compiled = FastDenoiser(model, FastPathSettings(compile="on"))
+            loop = []
+            paths["fast_compiled"] = measure_path("dg-lsp fast path, compiled", fast_call(compiled, model, prompt_list, canvas, True, args.seed, loop), steps, args.reps, device)
+            paths["fast_compiled"].loop_step_ms = loop
+        except Exception as exc:  # a compile failure is a result, not a crash
+            paths["fast_compiled"] = PathResult("fast path, compiled", skipped=f"failed: {type(exc).__name__}: {exc}"[:500])
 
     contexts = [int(c) for c in (args.contexts or ("512,2048,8192" if device.type == "cuda" else "512,2048")).split(",") if c.strip()]
     log(f"timing prefill at {contexts}")
@@ -555,7 +595,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     headline = {
         "engine_sampled_over_stock_dynamic_per_step": paths["engine_sampled"].step_ms(steps) / stock_step,
         "engine_greedy_over_stock_dynamic_per_step": paths["engine_greedy"].step_ms(steps) / stock_step,
+        "fast_sampled_over_stock_dynamic_per_step": paths["fast_sampled"].step_ms(steps) / stock_step,
+        "fast_greedy_over_stock_dynamic_per_step": paths["fast_greedy"].step_ms(steps) / stock_step,
     }
+    compiled_step = paths["fast_compiled"].step_ms(steps)
+    if not math.isnan(compiled_step):
+        headline["fast_compiled_over_stock_dynamic_per_step"] = compiled_step / stock_step
     static_step = paths["stock_static"].step_ms(steps)
     if not math.isnan(static_step):
         headline["engine_greedy_over_stock_static_per_step"] = paths["engine_greedy"].step_ms(steps) / static_step
@@ -599,8 +644,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 PATH_LABELS = {
     "stock_dynamic": "stock generate (dynamic cache)",
     "stock_static": "stock generate (static cache, compiled)",
-    "engine_sampled": "engine, sampled (same work as stock)",
-    "engine_greedy": "engine, greedy (server default)",
+    "engine_sampled": "engine eager path, sampled (same work as stock)",
+    "engine_greedy": "engine eager path, greedy",
+    "fast_sampled": "engine fast path, sampled",
+    "fast_greedy": "engine fast path, greedy (server default)",
+    "fast_compiled": "engine fast path, greedy, compiled",
 }
 
 
@@ -698,6 +746,15 @@ def markdown_block(report: dict[str, Any]) -> str:
             if "engine_greedy_over_stock_static_per_step" in head
             else ""
         )
+        + "".join(
+            f"; {label}: {head[key]:.2f}"
+            for key, label in (
+                ("fast_greedy_over_stock_dynamic_per_step", "fast path / stock (greedy)"),
+                ("fast_sampled_over_stock_dynamic_per_step", "fast path / stock (sampled)"),
+                ("fast_compiled_over_stock_dynamic_per_step", "fast path compiled / stock"),
+            )
+            if key in head
+        )
         + f". One-off process warm-up before timing: {report['process_warmup_s']:.2f} s.",
         "",
         markdown_table(["context", "stock encoder ms", "engine PromptCache.encode ms"], _prefill_rows(report)),
@@ -726,9 +783,9 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         if "ms_per_step" in path_data:
             names.append(label.replace(" (", "\n("))
             values.append(path_data["ms_per_step"])
-    bars = ax.bar(range(len(values)), values, color=["#888888", "#bbbbbb", "#4c72b0", "#55a868"][: len(values)])
+    bars = ax.bar(range(len(values)), values, color=["#888888", "#bbbbbb", "#4c72b0", "#55a868", "#c44e52", "#dd8452", "#8172b3"][: len(values)])
     ax.bar_label(bars, labels=[f"{v:,.1f}" for v in values], fontsize=8)
-    ax.set_xticks(range(len(values)), names, fontsize=7)
+    ax.set_xticks(range(len(values)), names, fontsize=6, rotation=15)
     ax.set_ylabel("ms per denoising step")
     ax.set_title(f"canvas {report['settings']['canvas']}, {report['settings']['steps']} steps", fontsize=9)
     ax = axes[1]
@@ -786,6 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--context", type=int, default=512, help="prompt tokens for the per-step timings")
     parser.add_argument("--contexts", default=None, help="prefill sizes (default 512,2048,8192 on CUDA; 512,2048 on CPU)")
     parser.add_argument("--reps", type=int, default=5, help="timed calls per measurement (medians)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the engine's compiled fast path")
     parser.add_argument("--no-static", action="store_true", help="skip stock's static-cache (compiled) path on CUDA")
     parser.add_argument("--typing-tokens", type=int, default=2048, help="size of the typing simulation's file")
     parser.add_argument("--keystrokes", type=int, default=20, help="characters typed (0 = no typing simulation)")

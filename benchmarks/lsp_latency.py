@@ -79,6 +79,7 @@ class Sample:
     drafts: int  # dg/draft notifications that arrived while it ran
     answered: bool  # a non-empty completion / a proposed rewrite came back
     note: str | None = None  # the server's reason when a rewrite proposed nothing
+    first_draft_ms: float | None = None  # from sending the request to the first dg/draft
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,10 @@ def initialize(client: LspClient, args: argparse.Namespace) -> dict[str, Any]:
         options["device"] = args.device
     if args.dtype:
         options["dtype"] = args.dtype
+    if args.fast_path is not None:
+        options["fastPath"] = args.fast_path == "on"
+    if args.compile is not None:
+        options["compile"] = args.compile
     client.request(
         "initialize",
         {
@@ -239,9 +244,30 @@ def initialize(client: LspClient, args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(0.2)
 
 
+class DraftClock:
+    """Records when the first ``dg/draft`` notification arrives after :meth:`start`."""
+
+    def __init__(self, client: LspClient) -> None:
+        self.started = 0.0
+        self.first: float | None = None
+        client.on_notification = self._seen
+
+    def start(self) -> None:
+        self.started, self.first = time.perf_counter(), None
+
+    def _seen(self, method: str, params: Any) -> None:
+        if method == "dg/draft" and self.first is None:
+            self.first = time.perf_counter()
+
+    def first_ms(self) -> float | None:
+        return (self.first - self.started) * 1000.0 if self.first is not None else None
+
+
 def inline_request(client: LspClient, doc: OpenDoc, case: Case, timeout: float) -> tuple[float, bool, int]:
     """Time one inline completion at the case's cursor: (ms, non-empty answer, drafts seen)."""
     before = client.notification_counts["dg/draft"]
+    if isinstance(getattr(client, "draft_clock", None), DraftClock):
+        client.draft_clock.start()  # type: ignore[attr-defined]
     params = {
         "textDocument": {"uri": doc.uri},
         "position": {"line": case.line, "character": case.character},
@@ -293,6 +319,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"on {info.get('device')}/{info.get('dtype')}",
             file=sys.stderr,
         )
+        clock = DraftClock(client)
+        client.draft_clock = clock  # type: ignore[attr-defined]
         _warm_up(client, cases, ranges, args)
         bar = tqdm(total=total, desc="requests", unit="req", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
         for case in cases:
@@ -302,7 +330,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if rep:
                     doc.toggle_trailing_space()
                 ms, answered, drafts = inline_request(client, doc, case, args.request_timeout)
-                samples.append(Sample("inline", case.kind, case.file, case.index, rep, ms, drafts, answered))
+                samples.append(
+                    Sample("inline", case.kind, case.file, case.index, rep, ms, drafts, answered, first_draft_ms=clock.first_ms())
+                )
                 bar.set_postfix_str(f"inline {case.kind} {ms:,.0f} ms", refresh=False)
                 bar.update(1)
             doc.close()
@@ -366,6 +396,8 @@ def group_samples(samples: list[Sample]) -> dict[str, list[float]]:
     groups["inline single-line (REST_OF_LINE+LINE)"] = [s.ms for s in inline if s.kind in SINGLE_LINE_KINDS]
     for kind in KIND_ORDER:
         groups[f"inline {kind}"] = [s.ms for s in inline if s.kind == kind]
+    firsts = [s.first_draft_ms for s in inline if s.first_draft_ms is not None]
+    groups["first draft after an inline request"] = firsts
     rewrites = [s for s in samples if s.op == "rewrite"]
     groups["rewrite (all ranges)"] = [s.ms for s in rewrites]
     for kind in sorted({s.kind for s in rewrites}):
@@ -509,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--completion", default="{}", help='JSON for initializationOptions.completion, e.g. \'{"maxSteps": 8}\'')
     parser.add_argument("--device", default=None, help="initializationOptions.device (default: the server's)")
     parser.add_argument("--dtype", default=None, help="initializationOptions.dtype (default: the server's)")
+    parser.add_argument("--fast-path", choices=["on", "off"], default=None, help="initializationOptions.fastPath (default: the server's)")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default=None, help="initializationOptions.compile (default: the server's)")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the server (default: torch's)")
     parser.add_argument("--reps", type=int, default=5, help="inline requests per cursor")
     parser.add_argument("--rewrite-ranges", type=int, default=3, help="rewrite ranges per fixture file")

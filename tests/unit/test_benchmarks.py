@@ -100,12 +100,15 @@ def test_engine_bench_smoke(tmp_path: Path) -> None:
             "--json", str(out),
             "--plot", str(png),
             "--quiet",
+            "--no-compile",  # compiling takes minutes on a small CPU; test_fast_path checks the compiled step
         ]
     )
     assert code == 0 and png.stat().st_size > 0
     report = json.loads(out.read_text())
     paths = report["paths"]
-    for key in ("stock_dynamic", "engine_sampled", "engine_greedy"):
+    assert "skipped" in paths["fast_compiled"]
+    assert report["headline"]["fast_greedy_over_stock_dynamic_per_step"] > 0
+    for key in ("stock_dynamic", "engine_sampled", "engine_greedy", "fast_sampled", "fast_greedy"):
         assert paths[key]["steps_run"] == 3
         assert paths[key]["canvas_ms"] > 0 and paths[key]["tokens_per_s"] > 0
     assert "skipped" in paths["stock_static"]  # CUDA only
