@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,17 @@ def accept_and_stop(
     run = torch.where(same, run + 1, torch.zeros_like(run))
     stop = (run >= threshold) & (entropy.mean() < confidence)
     return following, argmax, run, stop
+
+
+_SHARED: weakref.WeakKeyDictionary[DiffusionGemmaForBlockDiffusion, dict[bool, StepFunctions]] = weakref.WeakKeyDictionary()
+
+
+def step_functions(model: DiffusionGemmaForBlockDiffusion, compile_step: bool) -> StepFunctions:
+    """The step functions of ``model``, built once per model: engines sharing a model share its compiled graphs."""
+    per_model = _SHARED.setdefault(model, {})
+    if compile_step not in per_model:
+        per_model[compile_step] = StepFunctions(model, compile_step)
+    return per_model[compile_step]
 
 
 class StepFunctions:

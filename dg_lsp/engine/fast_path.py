@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
-from dg_lsp.engine.compiled_step import StepFunctions, should_compile
+from dg_lsp.engine.compiled_step import should_compile, step_functions
 from dg_lsp.engine.denoiser import CanvasSpec, Cancelled, DenoiseOutcome, Draft, _start_canvas, embedding_dtype
 from dg_lsp.engine.prompt_cache import PromptCache
 from dg_lsp.engine.sampler import SamplerSettings, temperature
@@ -79,7 +79,7 @@ class FastDenoiser:
         self.settings = settings
         self.device = model.device
         self.kv = StaticPromptKV(model)
-        self.steps = StepFunctions(model, should_compile(settings.compile, self.device))
+        self.steps = step_functions(model, should_compile(settings.compile, self.device))
         self._vocab = vocab_size(model)
         self._embed_dtype = embedding_dtype(model)
         self._implementation = str(model.config._attn_implementation)
