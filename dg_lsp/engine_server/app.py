@@ -79,7 +79,9 @@ class EngineState:
         say = on_progress or (lambda message: None)
         try:
             say(f"loading {self.spec.path}")
-            loaded = load_model(self.spec.path, self.spec.device, self.spec.dtype, self.spec.quantize)
+            loaded = load_model(
+                self.spec.path, self.spec.device, self.spec.dtype, self.spec.quantize, canvases=self.max_batch
+            )
             make_resident(loaded.model, loaded.path)  # a shard rewritten later cannot crash the server
             engine = Engine(loaded, reuse_prompt_cache=self.spec.reuse_prompt_cache)
             scheduler = BatchScheduler(

@@ -117,11 +117,17 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 def load_model(
-    path: Path | str, device: str = "auto", dtype: str = "auto", quantize: str = "none", keep_vision: bool = False
+    path: Path | str,
+    device: str = "auto",
+    dtype: str = "auto",
+    quantize: str = "none",
+    keep_vision: bool = False,
+    canvases: int = 1,
 ) -> LoadedModel:
     """Load a checkpoint directory or cached hub id onto a device; raises :class:`ModelLoadError` on any failure.
 
-    Refuses, before reading any weight, a model whose estimated memory exceeds what is free.
+    Refuses, before reading any weight, a model whose estimated memory (running ``canvases``
+    canvases at once, e.g. an engine server's batch) exceeds what is free.
     """
     try:
         resolved = resolve_model(path)
@@ -149,7 +155,7 @@ def load_model(
         model_config = load_config(path)
     except Exception as exc:  # transformers validates fields with many exception types
         raise ModelLoadError(f"{path / 'config.json'} is not a usable DiffusionGemma config: {exc}") from exc
-    need = check_fits(model_config, name, target, torch_dtype, mode)
+    need = check_fits(model_config, name, target, torch_dtype, mode, canvases)
     log.info("%s needs about %.1f GiB on %s", name, need.total / 2**30, target)
     try:
         model = load_weights(path, target, torch_dtype, mode, keep_vision)

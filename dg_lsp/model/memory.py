@@ -51,6 +51,8 @@ class MemoryEstimate:
     working: int
     dtype: torch.dtype
     quantize: Quantize
+    #: Canvases denoised at once (an engine server's batch).
+    canvases: int = 1
 
     @property
     def total(self) -> int:
@@ -99,21 +101,23 @@ def weight_bytes(config: DiffusionGemmaConfig, dtype: torch.dtype, quantize: Qua
     return text, vision
 
 
-def working_bytes(config: DiffusionGemmaConfig, dtype: torch.dtype, quantize: Quantize, weights: int) -> int:
-    """Memory for running one canvas on top of the weights (see the module docstring)."""
+def working_bytes(
+    config: DiffusionGemmaConfig, dtype: torch.dtype, quantize: Quantize, weights: int, canvases: int = 1
+) -> int:
+    """Memory for running ``canvases`` canvases at once on top of the weights (see the module docstring)."""
     text = cast(DiffusionGemmaTextConfig, config.text_config)
     itemsize = torch.empty((), dtype=dtype).element_size()
     canvas = int(config.canvas_length or 256)
     hidden, vocab = int(text.hidden_size), int(text.vocab_size)
     # logits in float32 plus the sampler's softmax / entropy copies, and a few hidden-size activations
-    logits = canvas * vocab * 4 * 4 + canvas * hidden * itemsize * 16
+    logits = canvases * (canvas * vocab * 4 * 4 + canvas * hidden * itemsize * 16)
     # encoder KV cache for the reserved prompt: keys and values per layer (sliding layers keep a window)
     kv = 0
     for index, layer_type in enumerate(text.layer_types or []):
         layer = text.per_layer_config[index]
         full = layer_type == "full_attention"
         tokens = RESERVED_PROMPT_TOKENS if full else min(RESERVED_PROMPT_TOKENS, int(text.sliding_window))
-        kv += 2 * int(layer.num_key_value_heads) * int(layer.head_dim) * tokens * itemsize
+        kv += canvases * 2 * int(layer.num_key_value_heads) * int(layer.head_dim) * tokens * itemsize
     dequantized = 0
     if quantize != "none":  # one layer's experts dequantized at a time
         experts = int(text.num_experts or 0) * int(text.moe_intermediate_size or 0) * hidden * 3
@@ -121,11 +125,15 @@ def working_bytes(config: DiffusionGemmaConfig, dtype: torch.dtype, quantize: Qu
     return BASE_WORKING + logits + kv + dequantized + int(weights * FRAGMENTATION)
 
 
-def estimate(config: DiffusionGemmaConfig, dtype: torch.dtype, quantize: Quantize) -> MemoryEstimate:
-    """The memory the model of ``config`` needs in ``dtype`` with ``quantize``."""
+def estimate(
+    config: DiffusionGemmaConfig, dtype: torch.dtype, quantize: Quantize, canvases: int = 1
+) -> MemoryEstimate:
+    """The memory the model of ``config`` needs in ``dtype`` with ``quantize``, denoising ``canvases`` at once."""
     weights, vision = weight_bytes(config, dtype, quantize)
-    working = working_bytes(config, dtype, quantize, weights)
-    return MemoryEstimate(weights=weights, vision=vision, working=working, dtype=dtype, quantize=quantize)
+    working = working_bytes(config, dtype, quantize, weights, canvases)
+    return MemoryEstimate(
+        weights=weights, vision=vision, working=working, dtype=dtype, quantize=quantize, canvases=canvases
+    )
 
 
 def _meminfo_available() -> int | None:
@@ -163,7 +171,7 @@ def refusal(
     ways = []
     note = ""
     if need.quantize == "none":
-        quantized = estimate(config, need.dtype, "fp8").total
+        quantized = estimate(config, need.dtype, "fp8", need.canvases).total
         if quantized <= free:
             ways.append(f'quantize it (--quantize fp8 or int8, about {gib(quantized)}; setting "quantize")')
         else:
@@ -176,9 +184,16 @@ def refusal(
     )
 
 
-def check_fits(config: DiffusionGemmaConfig, name: str, device: torch.device, dtype: torch.dtype, quantize: Quantize) -> MemoryEstimate:
+def check_fits(
+    config: DiffusionGemmaConfig,
+    name: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantize: Quantize,
+    canvases: int = 1,
+) -> MemoryEstimate:
     """The estimate, if it fits in what is free; else :class:`ModelLoadError` with :func:`refusal`'s sentence."""
-    need = estimate(config, dtype, quantize)
+    need = estimate(config, dtype, quantize, canvases)
     free, source = available_bytes(device)
     if free is not None and need.total > free:
         raise ModelLoadError(refusal(config, name, device, need, free, source))

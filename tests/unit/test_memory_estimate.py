@@ -115,3 +115,16 @@ def test_26b_on_a_24gb_gpu_says_quantizing_is_not_enough() -> None:
     quantized = estimate(config, torch.bfloat16, "fp8")
     already = refusal(config, "m", torch.device("cuda:0"), quantized, int(23.6 * GIB), "free on cuda:0")
     assert "fp8 weights 24.3 GiB" in already and "quantize" not in already.split(": ", 1)[1]
+
+
+def test_an_engine_servers_batch_needs_room_for_every_canvas() -> None:
+    config = BIG.to_config()
+    one = estimate(config, torch.bfloat16, "fp8")
+    eight = estimate(config, torch.bfloat16, "fp8", canvases=8)
+    assert eight.weights == one.weights and eight.canvases == 8
+    logits = 256 * BIG.vocab_size * 4 * 4  # float32 logits of a 256-token canvas and the sampler's copies
+    assert eight.working - one.working > 7 * logits
+    assert one.total < 31.4 * GIB < eight.total  # a 32 GB card serves one canvas at a time, not eight
+    message = refusal(config, "m", torch.device("cuda:0"), estimate(config, torch.bfloat16, "none", 8),
+                      int(31.4 * GIB), "free on cuda:0")
+    assert f"it would still need about {eight.total / GIB:.1f} GiB" in message
