@@ -71,7 +71,7 @@ def decoder_logits(
     conditioning: torch.Tensor,
     conditioned: torch.Tensor,
     positions: torch.Tensor,
-    masks: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor] | None,
     cache: StepCache,
 ) -> torch.Tensor:
     """Soft-capped float32 logits ``(1, length, vocab)`` for ``canvas``: transformers' decoder and LM head.
@@ -104,7 +104,7 @@ def make_forward_stats(model: DiffusionGemmaForBlockDiffusion) -> Callable[..., 
         conditioning: torch.Tensor,
         conditioned: torch.Tensor,
         positions: torch.Tensor,
-        masks: dict[str, torch.Tensor],
+        masks: dict[str, torch.Tensor] | None,
         cache: StepCache,
         temperature: torch.Tensor,
     ) -> Stats:

@@ -1,9 +1,11 @@
 """The fast denoising loop: static prompt KV, fixed shapes, a (compilable) step with no host sync inside.
 
-Shapes are fixed per request: the canvas length comes from :data:`dg_lsp.canvas.CANVAS_LENGTHS`
-and the prompt is padded to a power-of-two bucket, so a compiled step is built once per
-(bucket, canvas) pair. Everything that lasts a whole request (masks, rotary tables,
-temperatures) is built once before the first step. Inside the loop the host only launches
+The canvas length comes from :data:`dg_lsp.canvas.CANVAS_LENGTHS`. With CUDA graphs the prompt
+is padded to a bucket (a multiple of 256 tokens) and the padding masked, so one graph serves
+every request of a (bucket, canvas) pair; elsewhere the step reads exactly the prompt's
+states with no mask (eager, or compiled with dynamic shapes: one graph for every size).
+Everything that lasts a whole request (masks, positions, temperatures) is built once
+before the first step. Inside the loop the host only launches
 work: the stop flag and the drafts are read back after the step (on a GPU, one step late,
 so the check never stalls the next step's launch; a step queued past the stop is discarded).
 The answers are the eager path's (:func:`dg_lsp.engine.denoiser.denoise`): same sampler,
@@ -86,6 +88,8 @@ class FastDenoiser:
         #: Steps launched ahead of the oldest unread stop flag: one where launching is asynchronous.
         self._depth = 1 if self.device.type == "cuda" else 0
         self._interval = max(1, settings.draft_interval)
+        #: Pad the prompt to its bucket and mask the padding (fixed shapes: what CUDA graphs need).
+        self.padded = self.steps.cuda_graphs
 
     @property
     def compiled(self) -> bool:
@@ -106,10 +110,17 @@ class FastDenoiser:
         prompt = cache.ids
         n, length, device = len(prompt), spec.length, self.device
         self.kv.sync(cache.full_cache, prompt, cache.reused_tokens)
-        bucket = context_bucket(n)
+        if self.padded:  # fixed shapes: the prompt padded to its bucket, padding masked
+            bucket = context_bucket(n)
+            step_cache = self.kv.step_cache(bucket)
+            masks: dict[str, torch.Tensor] | None = attention_masks(
+                self.kv.key_masks(bucket, length), length, self._implementation, self._embed_dtype
+            )
+        else:  # exact views, no mask: nothing padded to attend over
+            step_cache, masks = self.kv.step_cache(), None
         request = _Request(
-            cache=self.kv.step_cache(bucket),
-            masks=attention_masks(self.kv.key_masks(bucket, length), length, self._implementation, self._embed_dtype),
+            cache=step_cache,
+            masks=masks,
             positions=torch.arange(n, n + length, device=device)[None, :],
             settings=settings,
             generator=torch.Generator(device=device).manual_seed(seed),
@@ -198,7 +209,7 @@ class _Request:
     """What stays fixed through one request's steps."""
 
     cache: StepCache
-    masks: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor] | None
     positions: torch.Tensor
     settings: SamplerSettings
     generator: torch.Generator

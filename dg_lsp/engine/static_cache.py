@@ -1,14 +1,17 @@
-"""A preallocated, fixed-shape copy of the encoded prompt's KV cache, for the denoising step.
+"""A preallocated copy of the encoded prompt's KV cache, for the denoising step.
 
 The decoder reads the prompt's keys and values every step. Here they live in per-layer
-buffers allocated once at a context *bucket* (a power of two), so every step of every
-request of a similar size has the same shapes: a compiled step is reused instead of
-retraced, and nothing is reallocated while typing. Only the slots that changed since the
-last request are copied in (the prompt cache reuses its common prefix the same way).
+buffers allocated at a context *bucket* (a multiple of :data:`BUCKET` tokens) and grown
+only when a prompt outgrows them; nothing is reallocated while typing, and only the slots
+that changed since the last request are copied in (the prompt cache reuses its common
+prefix the same way).
 
-Slots past the prompt's length are padding; the masks built here hide them (and, for
-sliding-window layers, the states the window no longer covers), so the decoder sees exactly
-what it would see on the unpadded cache.
+The decoder reads them in one of two ways. Padded (:meth:`StaticPromptKV.step_cache` with
+a bucket, plus :meth:`StaticPromptKV.key_masks`): every request of a bucket has the same
+shapes, which CUDA graphs need; the masks hide the padding (and, for sliding-window layers,
+the states the window no longer covers). Exact (no bucket): views of just the prompt's
+slots (a sliding layer's last ``window - 1``), no mask, the same arithmetic as the eager
+path; used where shapes may vary (eager, or compiled with dynamic shapes).
 """
 
 from __future__ import annotations
@@ -22,16 +25,13 @@ from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 from dg_lsp.engine.prompt_cache import cache_layers, common_prefix_length, layer_tensors
 from dg_lsp.model.typing import text_config
 
-#: Smallest context bucket; buckets double from here.
-MIN_BUCKET = 64
+#: Context buckets are multiples of this many tokens.
+BUCKET = 256
 
 
 def context_bucket(tokens: int) -> int:
-    """The padded prompt length for ``tokens`` prompt tokens: the next power of two (at least :data:`MIN_BUCKET`)."""
-    bucket = MIN_BUCKET
-    while bucket < tokens:
-        bucket *= 2
-    return bucket
+    """The padded prompt length for ``tokens`` prompt tokens: the next multiple of :data:`BUCKET`."""
+    return max(BUCKET, -(-tokens // BUCKET) * BUCKET)
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,15 @@ class StaticPromptKV:
         self._ids = list(prompt_ids)
         return n - keep
 
-    def step_cache(self, bucket: int) -> StepCache:
-        """The decoder's view of the first ``bucket`` slots of every layer."""
+    def step_cache(self, bucket: int | None = None) -> StepCache:
+        """The decoder's view: the first ``bucket`` slots of every layer, or (None) exactly the prompt's states."""
+        if bucket is None:
+            n = self.length
+            views = []
+            for layer_type, k, v in zip(self._layer_types, self._keys, self._values, strict=True):
+                first = max(0, n - (self._window - 1)) if layer_type == "sliding_attention" and self._window > 0 else 0
+                views.append(LayerKV(k[..., first:n, :], v[..., first:n, :]))
+            return StepCache(views)
         if bucket > self.capacity or bucket < self.length:
             raise ValueError(f"bucket {bucket} cannot hold a {self.length}-token prompt in {self.capacity} slots")
         return StepCache(

@@ -17,7 +17,7 @@ from dg_lsp.engine.engine import Engine, InfillRequest
 from dg_lsp.engine.fast_path import FastDenoiser, FastPathSettings
 from dg_lsp.engine.prompt_cache import PromptCache
 from dg_lsp.engine.sampler import SamplerSettings
-from dg_lsp.engine.static_cache import MIN_BUCKET, StaticPromptKV, context_bucket
+from dg_lsp.engine.static_cache import BUCKET, StaticPromptKV, context_bucket
 from dg_lsp.model.loader import LoadedModel, load_model
 from dg_lsp.model.typing import text_config
 
@@ -46,18 +46,19 @@ def both(
     return eager, quick, eager_drafts, fast_drafts
 
 
-def test_buckets_are_powers_of_two_from_the_minimum() -> None:
-    assert context_bucket(1) == MIN_BUCKET
-    assert context_bucket(MIN_BUCKET) == MIN_BUCKET
-    assert context_bucket(MIN_BUCKET + 1) == 2 * MIN_BUCKET
-    assert context_bucket(1000) == 1024
-    assert context_bucket(1025) == 2048
+def test_buckets_are_multiples_of_the_bucket_size() -> None:
+    assert context_bucket(1) == BUCKET
+    assert context_bucket(BUCKET) == BUCKET
+    assert context_bucket(BUCKET + 1) == 2 * BUCKET
+    assert context_bucket(2050) == 9 * BUCKET
 
 
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("greedy", [True, False])
 @pytest.mark.parametrize("length", CANVAS_LENGTHS[:2])
-def test_same_canvases_drafts_and_steps_as_the_eager_path(loaded: LoadedModel, greedy: bool, length: int) -> None:
+def test_same_canvases_drafts_and_steps_as_the_eager_path(loaded: LoadedModel, greedy: bool, length: int, padded: bool) -> None:
     fast = FastDenoiser(loaded.model, FastPathSettings(compile="off"))
+    fast.padded = padded  # padded + masked is the CUDA-graph layout; exact views elsewhere
     for seed, context in ((0, 20), (1, 70), (2, 150)):
         settings = SamplerSettings(max_steps=6, greedy=greedy)
         eager, quick, eager_drafts, fast_drafts = both(
@@ -99,10 +100,13 @@ def test_sliding_window_layers_see_only_the_window(tiny_model_dir: Path) -> None
     config = text_config(model)
     assert "sliding_attention" in (config.layer_types or [])
     config.sliding_window = 24  # prompts below are longer: the window really cuts
-    fast = FastDenoiser(model, FastPathSettings(compile="off"))
-    for seed, context in ((0, 60), (1, 100)):
-        eager, quick, _, _ = both(model, fast, prompt(seed, context), CanvasSpec(length=32), SamplerSettings(max_steps=4), seed)
-        assert quick.canvas == eager.canvas
+    for padded in (False, True):
+        fast = FastDenoiser(model, FastPathSettings(compile="off"))
+        fast.padded = padded
+        for seed, context in ((0, 60), (1, 100)):
+            spec, settings = CanvasSpec(length=32), SamplerSettings(max_steps=4)
+            eager, quick, _, _ = both(model, fast, prompt(seed, context), spec, settings, seed)
+            assert quick.canvas == eager.canvas
 
 
 def test_typing_copies_only_the_changed_tail(loaded: LoadedModel) -> None:
@@ -111,15 +115,15 @@ def test_typing_copies_only_the_changed_tail(loaded: LoadedModel) -> None:
     ids = prompt(4, 90)
     cache.encode(ids)
     assert kv.sync(cache.full_cache, cache.ids, cache.reused_tokens) == 90
-    assert kv.capacity == 128
+    assert kv.capacity == BUCKET
     for typed in (ids + [77], ids + [77, 78], ids[:50] + [79]):  # typing, typing on, deleting back
         stats = cache.encode(typed)
         assert kv.sync(cache.full_cache, cache.ids, cache.reused_tokens) == stats.encoded_tokens >= 1
     assert kv.sync(cache.full_cache, cache.ids) == 0  # same prompt again: nothing to copy
-    longer = ids + prompt(5, 100)  # past the bucket: the buffers grow to the next one
+    longer = ids + prompt(5, 200)  # past the bucket: the buffers grow to the next one
     cache.encode(longer)
     assert kv.sync(cache.full_cache, cache.ids, cache.reused_tokens) == len(longer)
-    assert kv.capacity == 256
+    assert kv.capacity == 2 * BUCKET
 
 
 def test_the_static_buffers_hold_what_the_prompt_cache_holds(loaded: LoadedModel) -> None:
