@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     from dg_lsp.canvas import HoleKind
     from dg_lsp.engine.engine import Engine, InfillRequest, warmup_requests
     from dg_lsp.engine.fast_path import FastPathSettings
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                           settings=SamplerSettings(max_steps=2), max_context_tokens=args.context)
         )
     per_request = []
-    warm_started = time.perf_counter()
+    warm_started, warm_cpu = time.perf_counter(), time.process_time()
     for request in requests:
         t = time.perf_counter()
         engine.infill(request)
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         "compiled": engine.fast is not None and engine.fast.compiled,
         "load_s": round(loaded_s, 2),
         "warmup_s": round(time.perf_counter() - warm_started, 2),
+        # CPU seconds: what the work costs, whatever else shares the machine
+        "warmup_cpu_s": round(time.process_time() - warm_cpu, 2),
+        "load_cpu_s": round(warm_cpu - cpu_started, 2),
+        "compile_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
         "warmup_requests_s": per_request,
         "machine": machine_info(device=str(loaded.device)),
     }

@@ -43,11 +43,19 @@ def compile_cache_dir() -> Path:
 
 
 def enable_compile_cache() -> Path:
-    """Point inductor's on-disk caches (FX graph cache included) at :func:`compile_cache_dir`, unless set already."""
-    path = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir())))
-    path.mkdir(parents=True, exist_ok=True)
-    import torch._inductor.config as inductor_config
+    """Point inductor's on-disk caches (FX graph cache and AOTAutograd cache) at :func:`compile_cache_dir`.
 
+    A ``TORCHINDUCTOR_CACHE_DIR`` the user set is kept; torch's own default (a temporary
+    directory, which it writes into the environment once used) is replaced.
+    """
+    import torch._inductor.config as inductor_config
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or Path(current).resolve() == Path(default_cache_dir()).resolve():
+        current = os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache_dir())
+    path = Path(current)
+    path.mkdir(parents=True, exist_ok=True)
     inductor_config.fx_graph_cache = True
     return path
 

@@ -203,3 +203,15 @@ def test_server_settings_for_the_fast_path() -> None:
     assert (options.fast_path, options.compile, problems) == (False, "on", [])
     options, problems = parse_options(ServerOptions, {"compile": "sometimes"})
     assert options.compile == "auto" and len(problems) == 1 and "compile" in problems[0]
+
+
+def test_compile_cache_replaces_torchs_temporary_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from dg_lsp.engine.compiled_step import enable_compile_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what torch writes once it used its default
+    assert enable_compile_cache() == tmp_path / "dg-lsp" / "torchinductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice is kept
+    assert enable_compile_cache() == tmp_path / "mine"
