@@ -54,6 +54,8 @@ class Soak:
     outcomes: Counter[str] = field(default_factory=Counter)
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, ms)
     rss: list[tuple[float, float]] = field(default_factory=list)
+    #: (seconds, queue depth, active canvases, requests the server cancelled) from /metrics
+    engine: list[tuple[float, float, float, float]] = field(default_factory=list)
     health_failures: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -107,14 +109,27 @@ async def _sampler(server: RunningServer, deadline: float, started: float, every
         while True:
             soak.rss.append((time.perf_counter() - started, rss_mib(server.process.pid)))
             try:
-                health = await client.get(f"{server.url}/health", headers=server.headers)
+                health = await client.get(f"{server.url}/health")  # a liveness probe: no token
                 if health.status_code != 200:
                     soak.health_failures += 1
+                metrics = (await client.get(f"{server.url}/metrics", headers=server.headers)).text
+                soak.engine.append((time.perf_counter() - started, *_samples(metrics)))
             except httpx.HTTPError:
                 soak.health_failures += 1
             if time.perf_counter() >= deadline:
                 return
             await asyncio.sleep(min(every, max(deadline - time.perf_counter(), 0.0)))
+
+
+def _samples(metrics: str) -> tuple[float, float, float]:
+    """Queue depth, active canvases and cancelled requests from a /metrics text."""
+    wanted = {"dg_engine_queue_depth": 0.0, "dg_engine_active_canvases": 0.0,
+              'dg_engine_requests_total{status="cancelled"}': 0.0}
+    for line in metrics.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            wanted[name] = float(value)
+    return tuple(wanted.values())  # type: ignore[return-value]
 
 
 async def soak_run(server: RunningServer, clients: int, seconds: float, steps: int, disconnect_every: int,
@@ -249,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                        "max": max(latencies_ms, default=float("nan"))},
         "window_s": window_s, "windows": per_minute(soak.latencies, window_s),
         "rss_start_mib": rss_values[0], "rss_end_mib": rss_values[-1], "rss_max_mib": max(rss_values),
-        "rss_samples": soak.rss, "health_failures": soak.health_failures, "server_alive_at_end": alive,
+        "rss_samples": soak.rss, "engine_samples": soak.engine, "health_failures": soak.health_failures, "server_alive_at_end": alive,
         "server_exit_code_after_sigterm": exit_code, "transport_errors": soak.errors,
     }
     report["plot"] = str(plot(report, soak.latencies, args.plot or args.json.with_suffix(".png")))
