@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--geometry", default="small")
     parser.add_argument("--corpus-mb", type=float, default=70.0)
     parser.add_argument("--out", type=Path, default=EMBEDDED_MODEL_DIR)
+    parser.add_argument("--init-from", type=Path, default=None, help="warm start from this model directory")
+    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core CPU)")
     args = parser.parse_args(argv)
     py = sys.executable
     corpus, tokenizer, train = args.work / "corpus", args.work / "tokenizer", args.work / "train"
@@ -49,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     _run([py, "-m", "dg_lsp.train.trainer", "--corpus", str(corpus / "corpus.jsonl"), "--tokenizer", str(tokenizer),
           "--out", str(train), "--geometry", args.geometry, "--minutes", str(args.minutes),
           "--total-steps", str(args.total_steps), "--batch-size", str(args.batch_size),
-          "--context-tokens", str(args.context_tokens), "--max-canvas", str(args.max_canvas), "--resume"])
+          "--context-tokens", str(args.context_tokens), "--max-canvas", str(args.max_canvas), "--resume",
+          "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps), "--threads", str(args.threads),
+          *(["--init-from", str(args.init_from)] if args.init_from else [])])
     wall = time.monotonic() - started
     export = train / "model"
     args.out.mkdir(parents=True, exist_ok=True)
