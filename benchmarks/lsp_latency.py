@@ -45,6 +45,7 @@ from benchmarks.common import (  # noqa: E402
     markdown_table,
     offset_at,
     plot_latency_distributions,
+    pyplot,
     summarize,
     text_table,
     utc_now,
@@ -555,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "lsp_latency.json", help="report path")
     parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "lsp_latency.png", help="latency plot path")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--compare", type=Path, nargs="+", default=None, help="saved JSON reports: draw them side by side into --plot, run nothing")
     parser.add_argument("--load-timeout", type=float, default=900.0, help="seconds to wait for the model")
     parser.add_argument("--request-timeout", type=float, default=600.0, help="seconds to wait for one answer")
     parser.add_argument("--server-log", default=None, help="server stderr goes here (default: a temp file)")
@@ -563,9 +565,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMPARE_GROUPS = (
+    "first draft after an inline request",
+    "inline REST_OF_LINE",
+    "inline single-line (REST_OF_LINE+LINE)",
+    "inline LINE",
+    "inline BLOCK",
+)
+
+
+def compare_plot(reports: list[Path], path: Path, target_ms: float | None = None) -> Path:
+    """Grouped bars: p50 (and p95 whiskers) per operation for several saved runs (labelled by their file names)."""
+    plt = pyplot()
+    loaded = [(p.stem, json.loads(p.read_text(encoding="utf-8"))) for p in reports]
+    groups = [g for g in COMPARE_GROUPS if any(g in r["summary_ms"] for _, r in loaded)]
+    fig, ax = plt.subplots(figsize=(2.2 * len(groups) + 2, 4.8))
+    width = 0.8 / max(1, len(loaded))
+    for i, (label, report) in enumerate(loaded):
+        p50 = [report["summary_ms"].get(g, {}).get("p50", float("nan")) for g in groups]
+        p95 = [report["summary_ms"].get(g, {}).get("p95", float("nan")) for g in groups]
+        xs = [j + (i - (len(loaded) - 1) / 2) * width for j in range(len(groups))]
+        load = (report["machine"].get("load_average") or ["?"])[0]
+        bars = ax.bar(xs, p50, width, label=f"{label} (load average {load} at start)")
+        ax.errorbar(xs, p50, yerr=[[0] * len(p50), [max(0.0, b - a) for a, b in zip(p50, p95)]], fmt="none", ecolor="black", capsize=2, lw=0.8)
+        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in p50], fontsize=7)
+    if target_ms:
+        ax.axhline(target_ms, color="red", ls="--", lw=0.8, label=f"single-line target {target_ms:,.0f} ms")
+    ax.set_xticks(range(len(groups)), [g.removeprefix("inline ").replace(" (", "\n(") for g in groups], fontsize=8)
+    ax.set_ylabel("ms at the client (bar p50, whisker p95)")
+    ax.legend(fontsize=7)
+    ax.set_title(f"dg-lsp latency over LSP, {loaded[0][1]['date'][:10]}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.compare:
+        print(f"wrote {compare_plot(args.compare, args.plot, args.target_ms)}")
+        return 0
     args.argv = list(sys.argv[1:] if argv is None else argv)
     for name in ("reps", "rewrite_ranges", "rewrite_reps", "warmup"):
         if getattr(args, name) < 0 or (name == "reps" and args.reps < 1):
