@@ -76,8 +76,8 @@ def should_compile(mode: str, device: torch.device) -> bool:
 def decoder_logits(
     model: DiffusionGemmaForBlockDiffusion,
     canvas: torch.Tensor,
-    conditioning: torch.Tensor,
-    conditioned: torch.Tensor,
+    conditioning: torch.Tensor | None,
+    conditioned: torch.Tensor | None,
     positions: torch.Tensor,
     masks: dict[str, torch.Tensor] | None,
     cache: StepCache,
@@ -85,8 +85,8 @@ def decoder_logits(
     """Soft-capped float32 logits ``(1, length, vocab)`` for ``canvas``: transformers' decoder and LM head.
 
     ``conditioning`` holds the previous step's temperature-scaled logits in the embedding
-    dtype; ``conditioned`` (``(1,)`` bool) is false at the first step, which zeroes the
-    signal exactly as passing no logits does, so both cases share one compiled graph.
+    dtype (None at the first step); ``conditioned`` (``(1,)`` bool) false zeroes the signal
+    exactly as passing no logits does, so a compiled step can use one graph for every step.
     """
     hidden: torch.Tensor = model.model.decoder(
         decoder_input_ids=canvas,
@@ -109,8 +109,8 @@ def make_forward_stats(model: DiffusionGemmaForBlockDiffusion) -> Callable[..., 
 
     def forward_stats(
         canvas: torch.Tensor,
-        conditioning: torch.Tensor,
-        conditioned: torch.Tensor,
+        conditioning: torch.Tensor | None,
+        conditioned: torch.Tensor | None,
         positions: torch.Tensor,
         masks: dict[str, torch.Tensor] | None,
         cache: StepCache,

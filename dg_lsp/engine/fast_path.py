@@ -175,9 +175,15 @@ class FastDenoiser:
         started = time.perf_counter()
         number = state.number + 1
         self.steps.begin_step()
+        if number > 1:
+            previous: torch.Tensor | None = state.conditioning
+            conditioned: torch.Tensor | None = request.conditioned
+        elif self.steps.compiled:  # zeros masked off: the same graph as every later step
+            previous, conditioned = state.conditioning, request.unconditioned
+        else:  # nothing to condition on: skip the vocab-sized softmax and matmul
+            previous = conditioned = None
         probs, entropy, argmax, conditioning = self.steps.forward_stats(
-            state.canvas, state.conditioning, request.conditioned if number > 1 else request.unconditioned,
-            request.positions, request.masks, request.cache,
+            state.canvas, previous, conditioned, request.positions, request.masks, request.cache,
             request.temperatures[number - 1],
         )
         if settings.greedy:
