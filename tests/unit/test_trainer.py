@@ -183,3 +183,15 @@ def test_gpu_shard_script_round_trips_through_unpack(tiny_model_dir: Path, tmp_p
     original = DiffusionGemmaForBlockDiffusion.from_pretrained(str(tiny_model_dir), dtype=torch.bfloat16)
     for (name, a), (_, b) in zip(merged.state_dict().items(), original.state_dict().items()):
         assert torch.equal(a.to(torch.bfloat16), b), name
+
+
+def test_parallel_stream_makes_examples_in_worker_processes(tokenizer: Tokenizer) -> None:
+    from dg_lsp.train.examples import parallel_stream
+
+    layout = resolve_layout_tokens(tokenizer.get_vocab(with_added_tokens=True))
+    maker = ExampleMaker(tokenizer, layout, context_tokens=96, max_canvas=32)
+    stream = parallel_stream(maker, [SourceFile(SOURCE, "python")], [1.0], seed=1, workers=2)
+    made = [next(stream) for _ in range(70)]  # more than one 64-example chunk
+    stream.close()
+    assert all(isinstance(e, Example) and e.canvas and e.prompt[0] == layout.bos for e in made)
+    assert len({tuple(e.canvas) for e in made}) > 5
