@@ -148,26 +148,29 @@ def test_sigterm_finishes_in_flight_work_then_exits_0(tiny_model_dir: Path, tmp_
         except httpx.HTTPError as exc:
             results["forever_error"] = exc
 
-    threads = [threading.Thread(target=forever), threading.Thread(target=finite)]
-    threads[0].start()
-    deadline = time.monotonic() + 60
-    while server.metric("dg_engine_active_canvases") < 1:
-        assert time.monotonic() < deadline, "the endless request did not start"
-        time.sleep(0.02)
-    threads[1].start()
-    while server.metric("dg_engine_active_canvases") < 2:
-        assert time.monotonic() < deadline, "the requests did not start"
-        time.sleep(0.02)
-    stopped = time.monotonic()
-    server.process.send_signal(signal.SIGTERM)
-    assert server.process.wait(timeout=60) == 0
-    assert time.monotonic() - stopped < 45
-    for thread in threads:
-        thread.join(timeout=30)
-    assert results["finite"].status_code == 200  # in flight when SIGTERM came (2 active canvases), and finished
-    assert results["finite"].json()["dg"]["steps"] >= 8
-    # The endless stream was cut at the end of the grace period: no [DONE], and nothing hangs.
-    assert "data: [DONE]" not in results.get("forever_events", [])
+    try:
+        threads = [threading.Thread(target=forever, daemon=True), threading.Thread(target=finite, daemon=True)]
+        threads[0].start()
+        deadline = time.monotonic() + 60
+        while server.metric("dg_engine_active_canvases") < 1:
+            assert time.monotonic() < deadline, "the endless request did not start"
+            time.sleep(0.02)
+        threads[1].start()
+        while server.metric("dg_engine_active_canvases") < 2:
+            assert time.monotonic() < deadline, "the requests did not start"
+            time.sleep(0.02)
+        stopped = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0
+        assert time.monotonic() - stopped < 45
+        for thread in threads:
+            thread.join(timeout=30)
+        assert results["finite"].status_code == 200  # in flight when SIGTERM came (2 active canvases), and finished
+        assert results["finite"].json()["dg"]["steps"] >= 8
+        # The endless stream was cut at the end of the grace period: no [DONE], and nothing hangs.
+        assert "data: [DONE]" not in results.get("forever_events", [])
+    finally:
+        server.stop()  # a failed check must not leave the endless stream running
     log = server.log.read_text(errors="replace")
     assert "finishing in-flight requests" in log and "engine server stopped" in log
     with pytest.raises(httpx.ConnectError):
