@@ -43,7 +43,12 @@ async def test_model_load_reports_progress(client: LanguageClient) -> None:
     assert state["status"] == "ready"
     assert state["modelPath"] == os.environ["DG_LSP_TEST_MODEL"]
     assert state["device"] == "cpu" and state["dtype"] == "float32"
-    reports = [r for values in client.progress_reports.values() for r in values]
+    # The status turns "ready" in the load thread just before the event loop sends the progress end.
+    for _ in range(200):
+        reports = [r for values in client.progress_reports.values() for r in values]
+        if any(isinstance(r, types.WorkDoneProgressEnd) for r in reports):
+            break
+        await asyncio.sleep(0.05)
     assert any(isinstance(r, types.WorkDoneProgressBegin) for r in reports)
     assert any(isinstance(r, types.WorkDoneProgressEnd) for r in reports)
 
