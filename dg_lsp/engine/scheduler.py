@@ -121,6 +121,7 @@ class BatchScheduler:
         with self._condition:
             if self._closed:
                 raise RuntimeError("the engine is shutting down")
+            abandoned = self._take_cancelled_pending()
             free = self.max_batch - len(self._active)
             if len(self._pending) >= free + self.max_queue:
                 raise QueueFull(
@@ -128,6 +129,8 @@ class BatchScheduler:
                 )
             self._pending.append(job)
             self._condition.notify()
+        for gone in abandoned:
+            self._finish(gone, error=Cancelled())
         return job
 
     def infill(
@@ -202,8 +205,18 @@ class BatchScheduler:
             self._active.append(job)
             self._prompts.clear()
 
+    def _take_cancelled_pending(self) -> list[Job]:
+        """Remove waiting requests whose clients gave up (call with the condition held)."""
+        gone = [job for job in self._pending if job.cancel_event.is_set()]
+        if gone:
+            self._pending = deque(job for job in self._pending if not job.cancel_event.is_set())
+        return gone
+
     def _drop_cancelled(self) -> None:
-        for job in [job for job in self._active if job.cancel_event.is_set()]:
+        """Finish cancelled requests at once, active or still waiting: a queue of abandoned requests never fills."""
+        with self._condition:
+            waiting = self._take_cancelled_pending()
+        for job in [*waiting, *(job for job in self._active if job.cancel_event.is_set())]:
             self._finish(job, error=Cancelled())
 
     def _groups(self, jobs: list[Job]) -> dict[int, list[Job]]:

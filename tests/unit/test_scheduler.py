@@ -125,6 +125,35 @@ def test_full_queue_is_refused(engine: Engine) -> None:
         scheduler.close()
 
 
+def test_abandoned_waiting_requests_free_the_queue(engine: Engine) -> None:
+    """A client that gives up while its request waits frees its queue slot at once (no 429 from ghosts)."""
+    scheduler = BatchScheduler(engine, max_batch=1, max_queue=2)
+    try:
+        long = InfillRequest(prefix="z = ", suffix="\n", language="python", kind=HoleKind.BLOCK,
+                             settings=SamplerSettings(max_steps=500, confidence_threshold=0.0), max_canvas=64)
+        running = threading.Event()
+        first = scheduler.submit(long, on_draft=lambda *d: running.set())
+        assert running.wait(60)
+        waiting = [scheduler.submit(long), scheduler.submit(long)]
+        with pytest.raises(QueueFull):
+            scheduler.submit(long)
+        for job in waiting:
+            job.cancel()
+        for job in waiting:  # finished by the worker's next step, while the first request still runs
+            with pytest.raises(Cancelled):
+                job.future.result(timeout=60)
+        assert not first.future.done()
+        assert scheduler.queue_depth == 0
+        later = [scheduler.submit(long), scheduler.submit(long)]
+        for job in [first, *later]:
+            job.cancel()
+        for job in [first, *later]:
+            with pytest.raises(Cancelled):
+                job.future.result(timeout=60)
+    finally:
+        scheduler.close()
+
+
 def test_a_selection_too_long_is_refused_at_submit(scheduler: BatchScheduler) -> None:
     request = InfillRequest(prefix="", suffix="", language="python", kind=HoleKind.SELECTION,
                             seed_text="x = 1\n" * 400, max_canvas=256)
