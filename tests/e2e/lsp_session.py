@@ -79,6 +79,19 @@ def attach(client: LanguageClient) -> Recorder:
     return recorder
 
 
+async def denoising_started(recorder: Recorder, uri: str, version: int, polls: int = 2000) -> None:
+    """Wait for the first ``dg/draft`` of ``uri`` at ``version``: a job is denoising right now.
+
+    Tests that cancel or edit *during* denoising start from this instead of a fixed sleep, so they do
+    not depend on how fast the machine is.
+    """
+    for _ in range(polls):
+        if any(d["uri"] == uri and d["version"] == version for d in recorder.drafts):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"no dg/draft for {uri} version {version}")
+
+
 async def start(client: LanguageClient, options: dict[str, Any]) -> types.InitializeResult:
     """Initialise the session and wait until the model has loaded (or failed)."""
     result = await client.initialize_session(

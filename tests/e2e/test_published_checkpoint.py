@@ -19,6 +19,7 @@ from tests.e2e.lsp_session import (
     Recorder,
     attach,
     change,
+    denoising_started,
     info,
     inline,
     open_document,
@@ -98,7 +99,7 @@ async def test_an_edit_during_denoising_never_returns_a_stale_result(client: Lan
     await start(client, published_options(maxSteps=256))
     open_document(client, URI, SOURCE)
     task = asyncio.ensure_future(inline(client, URI, 7, 8))
-    await asyncio.sleep(0.3)
+    await denoising_started(recorder(client), URI, 1)
     change(client, URI, 2, (7, 8), (7, 8), "w")
     result = await task
     assert result is not None and not result.items

@@ -161,7 +161,7 @@ SOURCE_LINES = st.lists(
 
 
 @pytest.mark.parametrize("language", [None, "python"])
-@given(lines=SOURCE_LINES, where=st.floats(0, 1), budget=st.integers(1, 120))
+@given(lines=SOURCE_LINES, where=st.floats(0, 1, allow_subnormal=False), budget=st.integers(1, 120))
 @settings(max_examples=60)
 def test_context_is_a_verbatim_window_around_the_cursor(language: str | None, lines: list[str], where: float, budget: int) -> None:
     text = "\n".join(lines)
