@@ -36,12 +36,12 @@ class RunningServer:
                 return float(line.rsplit(" ", 1)[1])
         raise KeyError(f"{name} not in /metrics")
 
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL)."""
+    def stop(self, grace_s: float = 45.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after ``grace_s``: longer than its 30 s drain of in-flight work)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
