@@ -230,6 +230,15 @@ def machine_info(device: str | None = None, torch_threads: int | None = None) ->
     return info
 
 
+def rss_mib(pid: int) -> float:
+    """Resident set size of ``pid`` in MiB (from /proc)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def machine_line(info: Mapping[str, Any]) -> str:
     """One markdown-friendly line describing the machine."""
     parts = [f"{info['cpu']}, nproc {info['nproc']}"]

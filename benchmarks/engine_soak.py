@@ -38,12 +38,12 @@ from benchmarks.common import (  # noqa: E402
     markdown_table,
     percentile,
     pyplot,
+    rss_mib,
     text_table,
     utc_now,
     write_json,
 )
 from benchmarks.engine_server import Hole, payload, workload  # noqa: E402
-from benchmarks.typing_storm import rss_mib  # noqa: E402
 from dg_lsp.engine_server.launch import RunningServer, start_engine_server  # noqa: E402
 
 

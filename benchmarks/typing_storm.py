@@ -45,6 +45,7 @@ from benchmarks.common import (  # noqa: E402
     markdown_table,
     percentile,
     pyplot,
+    rss_mib,
     text_table,
     utc_now,
     write_json,
@@ -172,15 +173,6 @@ class Phase:
     @property
     def achieved_rate(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size of ``pid`` in MiB (from /proc)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def start_client(args: argparse.Namespace, log: Path) -> tuple[StormClient, dict[str, Any]]:
