@@ -1,10 +1,18 @@
 """One decoder forward for several canvases, each after its own encoded prompt.
 
-Prompts differ in length, so their encoder caches are left-padded to a common length and
-stacked along the batch; canvases of different lengths are right-padded. A 4-D attention
-mask per layer type hides every padded key, so each canvas sees exactly what it would see
-alone: its own prompt (sliding-window layers: its last ``window - 1`` states) and its own
-canvas, bidirectionally.
+Two ways to put the prompts side by side:
+
+- :func:`slot_logits` (what the engine server uses): every request owns a slot of a
+  preallocated :class:`~dg_lsp.engine.batched_cache.BatchedStaticKV`, its states stored from
+  position 0; the forward reads views of the buffers, so a request joining or leaving copies
+  nothing of the others, and only the masks and positions are rebuilt (small tensors).
+- :func:`batch_logits` (the earlier way, kept for comparison): the rows' own caches are
+  left-padded to a common length and stacked with ``torch.cat`` whenever the set of rows changes.
+
+Either way canvases of different lengths are right-padded, and a 4-D attention mask per
+layer type hides every padded key, so each canvas sees exactly what it would see alone: its
+own prompt (sliding-window layers: its last ``window - 1`` states) and its own canvas,
+bidirectionally.
 """
 
 from __future__ import annotations
@@ -16,8 +24,11 @@ import torch
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
+from dg_lsp.engine.batched_cache import BatchedStaticKV
+from dg_lsp.engine.compiled_step import decoder_logits
 from dg_lsp.engine.denoiser import CanvasRow, row_logits
 from dg_lsp.engine.prompt_cache import cache_layers, layer_tensors
+from dg_lsp.engine.static_cache import StepCache, context_bucket
 from dg_lsp.model.typing import text_config, vocab_size
 
 
@@ -57,6 +68,12 @@ def _as_attention_mask(keys: torch.Tensor, queries: int, implementation: str, dt
     return mask
 
 
+def _own_cache(row: CanvasRow) -> DynamicCache:
+    if row.cache is None:
+        raise ValueError("a row without a cache of its own cannot be stacked")
+    return row.cache
+
+
 def batch_prompts(model: DiffusionGemmaForBlockDiffusion, rows: Sequence[CanvasRow]) -> BatchedPrompts:
     """Stack the rows' prompt caches (left-padded) and build the per-layer-type masks."""
     config = text_config(model)
@@ -67,7 +84,7 @@ def batch_prompts(model: DiffusionGemmaForBlockDiffusion, rows: Sequence[CanvasR
     masks: dict[str, torch.Tensor] = {}
     implementation = str(model.config._attn_implementation)
     dtype = model.model.decoder.embed_tokens.weight.dtype
-    per_row_layers = [cache_layers(row.cache) for row in rows]
+    per_row_layers = [cache_layers(_own_cache(row)) for row in rows]
     layer_types: list[str] = list(config.layer_types or [])
     for index, (mine, layer_type) in enumerate(zip(cache_layers(stacked), layer_types, strict=True)):
         theirs = [layers[index] for layers in per_row_layers]
@@ -135,3 +152,107 @@ def batch_logits(
         decoder_position_ids=prompts.positions,
     ).logits
     return [output[i : i + 1, : row.spec.length] for i, row in enumerate(rows)], prompts
+
+
+@dataclass
+class SlotLayout:
+    """What a forward over one set of slots reuses from step to step (rebuilt when the set changes)."""
+
+    #: ``(slot, id(row))`` of each member.
+    members: tuple[tuple[int, int], ...]
+    #: Batch rows of the forward: slots ``[0, rows)``; rows without a member are filler.
+    rows: int
+    context: int
+    canvas_length: int
+    cache: StepCache
+    #: Per layer type; None when no key is hidden in any row (the decoder then uses no mask).
+    masks: dict[str, torch.Tensor] | None
+    positions: torch.Tensor
+    canvas: torch.Tensor
+    conditioning: torch.Tensor | None = None
+
+
+def slot_layout(
+    model: DiffusionGemmaForBlockDiffusion,
+    kv: BatchedStaticKV,
+    members: Sequence[tuple[int, CanvasRow]],
+    fixed_shapes: bool = False,
+) -> SlotLayout:
+    """Masks, positions and buffer views for a forward over ``members`` (``(slot, row)`` pairs).
+
+    ``fixed_shapes``: every slot is a batch row and the context is padded to its bucket (a
+    compiled step sees a few shapes only); else the rows end at the highest member slot and
+    the context at the longest member prompt (no padded compute beyond that).
+    """
+    device = model.device
+    longest = max(row.prompt_length for _, row in members)
+    rows = kv.slots if fixed_shapes else max(slot for slot, _ in members) + 1
+    context = min(context_bucket(longest), kv.capacity) if fixed_shapes else longest
+    width = max(row.spec.length for _, row in members)
+    by_slot = dict(members)
+    implementation = str(model.config._attn_implementation)
+    dtype = model.model.decoder.embed_tokens.weight.dtype
+    key_masks: dict[str, torch.Tensor] = {}
+    for layer_type in dict.fromkeys(kv.layer_types):
+        slots = kv.width(layer_type, context)
+        mask = torch.zeros((rows, slots + width), dtype=torch.bool, device=device)
+        for slot in range(rows):
+            row = by_slot.get(slot)
+            if row is None:  # filler: sees its own (discarded) canvas only
+                mask[slot, slots:] = True
+                continue
+            mask[slot, : kv.visible(layer_type, row.prompt_length)] = True
+            mask[slot, slots : slots + row.spec.length] = True
+        key_masks[layer_type] = mask
+    masks = None
+    if not all(bool(mask.all()) for mask in key_masks.values()):
+        masks = {t: _as_attention_mask(m, width, implementation, dtype).contiguous() for t, m in key_masks.items()}
+    positions = torch.arange(width, device=device).repeat(rows, 1)
+    for slot, row in members:
+        positions[slot] += row.prompt_length
+    return SlotLayout(
+        members=tuple((slot, id(row)) for slot, row in members),
+        rows=rows,
+        context=context,
+        canvas_length=width,
+        cache=kv.step_cache(rows, context),
+        masks=masks,
+        positions=positions,
+        canvas=torch.zeros((rows, width), dtype=torch.long, device=device),
+    )
+
+
+@torch.inference_mode()
+def slot_logits(
+    model: DiffusionGemmaForBlockDiffusion,
+    kv: BatchedStaticKV,
+    members: Sequence[tuple[int, CanvasRow]],
+    layout: SlotLayout | None = None,
+    fixed_shapes: bool = False,
+) -> tuple[list[torch.Tensor], SlotLayout]:
+    """Decoder logits ``(1, length_i, vocab)`` for every member, from one forward over the slots.
+
+    ``layout`` is the previous call's; it is rebuilt (masks and positions only: no KV is
+    copied) when the members changed.
+    """
+    key = tuple((slot, id(row)) for slot, row in members)
+    if layout is None or layout.members != key:
+        layout = slot_layout(model, kv, members, fixed_shapes)
+    canvas = layout.canvas
+    for slot, row in members:
+        canvas[slot, : row.spec.length] = row.canvas[0]
+    conditioning: torch.Tensor | None = None
+    conditioned: torch.Tensor | None = None
+    if any(row.self_conditioning is not None for _, row in members):
+        if layout.conditioning is None:
+            embed = model.model.decoder.embed_tokens.weight
+            layout.conditioning = embed.new_zeros((layout.rows, layout.canvas_length, vocab_size(model)))
+        conditioning = layout.conditioning
+        flags = [False] * layout.rows
+        for slot, row in members:
+            if row.self_conditioning is not None:
+                conditioning[slot, : row.spec.length] = row.self_conditioning[0]
+                flags[slot] = True
+        conditioned = torch.tensor(flags, device=canvas.device)
+    logits = decoder_logits(model, canvas, conditioning, conditioned, layout.positions, layout.masks, layout.cache)
+    return [logits[slot : slot + 1, : row.spec.length] for slot, row in members], layout

@@ -75,9 +75,13 @@ def _start_canvas(
 
 @dataclass
 class CanvasRow:
-    """One canvas being denoised after its encoded prompt: everything carried from step to step."""
+    """One canvas being denoised after its encoded prompt: everything carried from step to step.
 
-    cache: DynamicCache
+    ``cache`` is the prompt's decoder cache; None for a row whose prompt states live elsewhere
+    (a slot of the engine server's :class:`~dg_lsp.engine.batched_cache.BatchedStaticKV`).
+    """
+
+    cache: DynamicCache | None
     prompt_length: int
     spec: CanvasSpec
     settings: SamplerSettings
@@ -98,7 +102,7 @@ class CanvasRow:
     def start(
         cls,
         model: DiffusionGemmaForBlockDiffusion,
-        cache: DynamicCache,
+        cache: DynamicCache | None,
         prompt_length: int,
         spec: CanvasSpec,
         settings: SamplerSettings,
@@ -162,6 +166,8 @@ def embedding_dtype(model: DiffusionGemmaForBlockDiffusion) -> torch.dtype:
 @torch.inference_mode()
 def row_logits(model: DiffusionGemmaForBlockDiffusion, row: CanvasRow) -> torch.Tensor:
     """One decoder forward for a single canvas after its own prompt cache."""
+    if row.cache is None:
+        raise ValueError("the row's prompt states are not in a cache of its own")
     logits: torch.Tensor = model(
         decoder_input_ids=row.canvas,
         past_key_values=row.cache,

@@ -1,10 +1,12 @@
 """Continuous batching: concurrent infill requests share every denoising step.
 
 A single worker thread owns the model. Between steps it admits queued requests (encoding
-each prompt into a pooled cache), drops cancelled ones, then runs one decoder forward for
-all active canvases (:func:`~dg_lsp.engine.batching.batch_logits`) and lets each advance
-with its own sampler state, seed and stopping rule: a request's answer does not depend on
-what it was batched with.
+each prompt into a pooled prompt cache, then copying its states into a free slot of a
+preallocated :class:`~dg_lsp.engine.batched_cache.BatchedStaticKV`), drops cancelled ones,
+then runs one decoder forward for all active canvases (:func:`~dg_lsp.engine.batching.slot_logits`)
+and lets each advance with its own sampler state, seed and stopping rule: a request's answer
+does not depend on what it was batched with. A request joining or leaving copies nothing of
+the others' states.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dg_lsp.engine.batching import BatchedPrompts, batch_logits
+from dg_lsp.engine.batched_cache import BatchedStaticKV
+from dg_lsp.engine.batching import BatchedPrompts, SlotLayout, batch_logits, batch_prompts, slot_layout, slot_logits
 from dg_lsp.engine.cache_pool import PromptCachePool
 from dg_lsp.engine.denoiser import Cancelled, CanvasRow, Draft, embedding_dtype
 from dg_lsp.engine.engine import DraftCallback, Engine, InfillRequest, InfillResult, PreparedInfill
-from dg_lsp.engine.prompt_cache import EncodeStats, PromptCache
+from dg_lsp.engine.prompt_cache import EncodeStats, PromptCache, cache_layers, layer_tensors
 from dg_lsp.model.typing import vocab_size
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,27 @@ class StepReport:
 
     canvases: int
     forward_ms: float
+    #: Time of this forward spent laying out its batch after the set of canvases changed (included in ``forward_ms``).
+    layout_ms: float = 0.0
+    #: Prompt KV bytes copied for that layout (the restacking path copies every row; slots copy none).
+    layout_bytes: int = 0
+    #: Batch rows the forward computed: the canvases plus free slots below the last busy one (filler).
+    rows: int = 0
+
+
+@dataclass
+class CacheCounters:
+    """Where prompt states were copied, since the scheduler started (read by benchmarks)."""
+
+    #: Requests whose prompt states went into a slot, the bytes and time that took, and buffer growths.
+    joins: int = 0
+    join_bytes: int = 0
+    join_ms: float = 0.0
+    grown: int = 0
+    #: Batch layouts rebuilt because the set of canvases in a forward changed, their time and KV bytes copied.
+    layouts: int = 0
+    layout_ms: float = 0.0
+    layout_bytes: int = 0
 
 
 @dataclass(eq=False)
@@ -67,6 +91,9 @@ class Job:
     cache: PromptCache | None = None
     row: CanvasRow | None = None
     batch_size: int = 0
+    #: The slot holding its prompt states (-1: none) and the slot cache it belongs to.
+    slot: int = -1
+    group: int = 0
 
     def cancel(self) -> None:
         """Stop this request at the next step boundary (or before it starts)."""
@@ -83,11 +110,23 @@ class BatchScheduler:
         max_queue: int = 64,
         on_step: Callable[[StepReport], None] | None = None,
         pad_canvases: bool | None = None,
+        static_cache: bool = True,
+        fixed_shapes: bool | None = None,
+        context_tokens: int | None = None,
     ) -> None:
         self.engine = engine
+        gpu = engine.loaded.device.type != "cpu"
         #: One forward for all canvases, shorter ones padded (cheap when reading the weights dominates,
         #: as on a GPU), or one forward per canvas length (no padded compute: better on a CPU).
-        self.pad_canvases = engine.loaded.device.type != "cpu" if pad_canvases is None else pad_canvases
+        self.pad_canvases = gpu if pad_canvases is None else pad_canvases
+        #: Prompt states in preallocated slots (False: each request's own cache, restacked when the batch changes).
+        self.static_cache = static_cache
+        #: Every slot a batch row and the context padded to its bucket (few shapes, for compiled steps);
+        #: else the rows and context a forward computes end at the last one in use (no padded compute).
+        self.fixed_shapes = gpu if fixed_shapes is None else fixed_shapes
+        #: Context capacity the slots are allocated with (a prompt longer than it grows them once).
+        self.context_tokens = context_tokens or engine.context_tokens or 1024
+        self.counters = CacheCounters()
         self.max_batch = max(1, max_batch)
         self.max_queue = max(0, max_queue)
         self._on_step = on_step
@@ -98,6 +137,9 @@ class BatchScheduler:
         self._pending: deque[Job] = deque()
         self._active: list[Job] = []
         self._prompts: dict[int, BatchedPrompts | None] = {}
+        #: One slot cache per forward group (every canvas together, or one per canvas length), made on first use.
+        self._slots: dict[int, BatchedStaticKV] = {}
+        self._layouts: dict[int, SlotLayout] = {}
         self._condition = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="dg-batch", daemon=True)
@@ -190,20 +232,54 @@ class BatchScheduler:
             job.admitted = time.perf_counter()
             prompt = job.prepared.prompt
             cache = self._pool.acquire(prompt)
+            previous = cache.ids
             try:
                 job.stats = cache.encode(prompt)
             except Exception as exc:
                 cache.clear()
                 self._finish(job, error=exc)
                 continue
-            job.cache = cache
             job.encode_ms = (time.perf_counter() - job.admitted) * 1000.0
             prepared = job.prepared
+            if self.static_cache:
+                if not self._take_slot(job, cache, previous):
+                    continue
+                row_cache = None
+            else:
+                job.cache, row_cache = cache, cache.cache
             job.row = CanvasRow.start(
-                self._model, cache.cache, len(prompt), prepared.spec, prepared.settings, prepared.request.seed
+                self._model, row_cache, len(prompt), prepared.spec, prepared.settings, prepared.request.seed
             )
             self._active.append(job)
             self._prompts.clear()
+
+    def _group(self, job: Job) -> int:
+        """The forward a job's canvas runs in: 0 for all together, else its canvas length."""
+        return 0 if self.pad_canvases else job.prepared.spec.length
+
+    def _take_slot(self, job: Job, cache: PromptCache, previous: list[int]) -> bool:
+        """Copy the job's freshly encoded prompt into a free slot; the prompt cache goes back to the pool."""
+        group = self._group(job)
+        kv = self._slots.get(group)
+        if kv is None:
+            kv = self._slots[group] = BatchedStaticKV(self._model, self.max_batch, self.context_tokens)
+        slot = kv.choose(cache.ids, anywhere=self.fixed_shapes)
+        started = time.perf_counter()
+        try:
+            copy = kv.fill(slot, cache, previous)
+        except Exception as exc:
+            kv.forget(slot)
+            cache.clear()
+            self._finish(job, error=exc)
+            return False
+        counters = self.counters
+        counters.joins += 1
+        counters.join_bytes += copy.bytes
+        counters.join_ms += (time.perf_counter() - started) * 1000.0
+        counters.grown += int(copy.grew)
+        job.slot, job.group = slot, group
+        self._pool.release(cache, cache.ids)  # the slot holds what the decoder reads
+        return True
 
     def _take_cancelled_pending(self) -> list[Job]:
         """Remove waiting requests whose clients gave up (call with the condition held)."""
@@ -234,7 +310,16 @@ class BatchScheduler:
         for key, group in self._groups(jobs).items():
             rows = [job.row for job in group if job.row is not None]
             started = time.perf_counter()
-            logits, self._prompts[key] = batch_logits(self._model, rows, self._prompts.get(key))
+            layout_ms, layout_bytes = self._layout(key, group, rows)
+            if self.static_cache:
+                members = [(job.slot, row) for job, row in zip(group, rows, strict=True)]
+                logits, self._layouts[key] = slot_logits(
+                    self._model, self._slots[key], members, self._layouts.get(key), self.fixed_shapes
+                )
+                computed = self._layouts[key].rows
+            else:
+                logits, self._prompts[key] = batch_logits(self._model, rows, self._prompts.get(key))
+                computed = len(rows)
             forward_ms = (time.perf_counter() - started) * 1000.0
             for job, row, row_logits in zip(group, rows, logits, strict=True):
                 job.batch_size = max(job.batch_size, len(rows))
@@ -248,12 +333,45 @@ class BatchScheduler:
                 if row.done:
                     self._finish(job)
             if self._on_step is not None:
-                self._on_step(StepReport(canvases=len(rows), forward_ms=forward_ms))
+                self._on_step(
+                    StepReport(
+                        canvases=len(rows), forward_ms=forward_ms, layout_ms=layout_ms, layout_bytes=layout_bytes,
+                        rows=computed,
+                    )
+                )
+
+    def _layout(self, key: int, group: list[Job], rows: list[CanvasRow]) -> tuple[float, int]:
+        """Lay the group's batch out anew if its canvases changed; returns the time taken and KV bytes copied."""
+        started = time.perf_counter()
+        copied = 0
+        if self.static_cache:
+            members = [(job.slot, row) for job, row in zip(group, rows, strict=True)]
+            layout = self._layouts.get(key)
+            if layout is not None and layout.members == tuple((slot, id(row)) for slot, row in members):
+                return 0.0, 0
+            self._layouts[key] = slot_layout(self._model, self._slots[key], members, self.fixed_shapes)
+        else:
+            prompts = self._prompts.get(key)
+            if len(rows) == 1 or (prompts is not None and prompts.rows == tuple(id(row) for row in rows)):
+                return 0.0, 0
+            prompts = self._prompts[key] = batch_prompts(self._model, rows)
+            for layer in cache_layers(prompts.cache):
+                keys, values = layer_tensors(layer)
+                copied += keys.numel() * keys.element_size() + values.numel() * values.element_size()
+        layout_ms = (time.perf_counter() - started) * 1000.0
+        counters = self.counters
+        counters.layouts += 1
+        counters.layout_ms += layout_ms
+        counters.layout_bytes += copied
+        return layout_ms, copied
 
     def _finish(self, job: Job, error: BaseException | None = None) -> None:
         if job in self._active:
             self._active.remove(job)
             self._prompts.clear()
+        if job.slot >= 0:  # the slot is free again; nothing else moves
+            self._slots[job.group].release(job.slot)
+            job.slot = -1
         if job.cache is not None:
             if error is None or isinstance(error, Cancelled):
                 self._pool.release(job.cache, job.prepared.prompt)

@@ -47,10 +47,16 @@ def engine(tiny_model_dir: Path) -> Engine:
     return Engine(load_model(tiny_model_dir, "cpu", "float32"))
 
 
-@pytest.fixture(params=[True, False], ids=["padded", "per-length"])
+@pytest.fixture(
+    params=[(True, True, False), (False, True, False), (True, True, True), (True, False, False), (False, False, False)],
+    ids=["padded", "per-length", "padded-fixed-shapes", "padded-restack", "per-length-restack"],
+)
 def scheduler(engine: Engine, request: pytest.FixtureRequest) -> Iterator[BatchScheduler]:
     reports: list[StepReport] = []
-    s = BatchScheduler(engine, max_batch=8, max_queue=64, on_step=reports.append, pad_canvases=request.param)
+    pad, static, fixed = request.param
+    s = BatchScheduler(
+        engine, max_batch=8, max_queue=64, on_step=reports.append, pad_canvases=pad, static_cache=static, fixed_shapes=fixed
+    )
     s.reports = reports  # type: ignore[attr-defined]
     yield s
     s.close()
@@ -71,6 +77,16 @@ def test_batched_answers_equal_single_answers(engine: Engine, scheduler: BatchSc
         assert widest == 8  # 12 requests, 8 slots: one forward for all of them
     else:
         assert 1 < widest < 8  # 32- and 64-token canvases run as two forwards per step
+    counters = scheduler.counters
+    if scheduler.static_cache:  # each prompt copied once, into its slot; no restacking as requests come and go
+        assert counters.joins == 12 and counters.join_bytes > 0
+        assert counters.layouts > 1 and counters.layout_bytes == 0
+        assert all(r.layout_bytes == 0 for r in reports)
+        if scheduler.fixed_shapes:
+            assert {r.rows for r in reports} == {8}
+        assert all(r.rows >= r.canvases for r in reports)
+    else:
+        assert counters.joins == 0 and counters.layout_bytes > 0
 
 
 def test_drafts_arrive_per_step_and_end_final(scheduler: BatchScheduler) -> None:
@@ -159,3 +175,22 @@ def test_a_selection_too_long_is_refused_at_submit(scheduler: BatchScheduler) ->
                             seed_text="x = 1\n" * 400, max_canvas=256)
     with pytest.raises(ValueError, match="select less text"):
         scheduler.submit(request)
+
+
+def test_typing_on_copies_only_the_changed_tail_into_its_slot(engine: Engine) -> None:
+    scheduler = BatchScheduler(engine, max_batch=4, pad_canvases=False, static_cache=True, fixed_shapes=False)
+    try:
+        prefix = "def area(width, height):\n    total = width * height\n    return "
+        request = InfillRequest(prefix=prefix, suffix="\n", language="python", kind=HoleKind.REST_OF_LINE,
+                                settings=SamplerSettings(max_steps=4), max_canvas=64)
+        first = scheduler.infill(request)
+        copied = scheduler.counters.join_bytes
+        typed = InfillRequest(prefix=prefix + "t", suffix="\n", language="python", kind=HoleKind.REST_OF_LINE,
+                              settings=SamplerSettings(max_steps=4), max_canvas=64)
+        second = scheduler.infill(typed)
+        assert second.encode.reused_tokens > 0 and first.encode.reused_tokens == 0
+        tail = scheduler.counters.join_bytes - copied
+        assert 0 < tail < copied / 4  # the re-encoded tail only, not the whole prompt
+        assert second.text == engine.infill(typed).text
+    finally:
+        scheduler.close()
