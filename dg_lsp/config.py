@@ -110,6 +110,7 @@ class ServerOptions:
 
     model: str | None = None
     device: str = field(default="auto", metadata={"check": lambda v: v in ("auto", "cpu") or v.startswith("cuda")})
+    #: auto: bfloat16 on CUDA; on a CPU bfloat16 where native and faster, else float32 (dg_lsp.model.cpu_dtype).
     dtype: str = field(default="auto", metadata={"check": lambda v: v in ("auto", "float32", "bfloat16", "float16")})
     #: auto: FIM when the tokenizer has the layout's markers, else the checkpoint's chat template.
     prompt_format: Literal["auto", "fim", "chat"] = "auto"
@@ -118,7 +119,8 @@ class ServerOptions:
     reuse_prompt_cache: bool = True
     #: Static prompt KV, fixed shapes and a denoising step with no host sync (false: transformers' eager path).
     fast_path: bool = True
-    #: Compile the denoising step: auto (on CUDA; not on CPU, where the first compile takes minutes), on, off.
+    #: Compile the denoising step: auto (CUDA: before the server is ready; CPU: in a background thread
+    #: after it, swapped in between requests), on (before ready), off (never).
     compile: Literal["auto", "on", "off"] = "auto"
     completion: CompletionOptions = CompletionOptions()
     rewrite: RewriteOptions = RewriteOptions()

@@ -21,6 +21,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Build the tiny checkpoints (seeded, so results are deterministic)."""
     from dg_lsp.testing import build_tiny_checkpoint
 
+    # The same answers on every CPU: float32 for dtype "auto" whether or not the CPU has native
+    # bfloat16, and no background compile of the step in server processes (minutes of CPU; the
+    # background compile is tested in tests/unit/test_background_compile.py). Both inherited by
+    # the servers the tests start.
+    os.environ.setdefault("DG_LSP_CPU_DTYPE", "float32")
+    os.environ.setdefault("DG_LSP_BACKGROUND_COMPILE", "0")
+
     base = Path(tempfile.mkdtemp(prefix="dg-lsp-test-"))
     os.environ["DG_LSP_TEST_MODEL"] = str(build_tiny_checkpoint(base / "tiny", seed=0))
     os.environ["DG_LSP_TEST_MODEL_2"] = str(build_tiny_checkpoint(base / "tiny-2", seed=1))

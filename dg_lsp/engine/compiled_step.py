@@ -60,17 +60,33 @@ def enable_compile_cache() -> Path:
     return path
 
 
-def should_compile(mode: str, device: torch.device) -> bool:
-    """Whether to compile the step: ``on``/``off`` as said; ``auto`` compiles on CUDA only.
+#: When the step is compiled: before the model is ready, in a background thread after it, or never.
+COMPILE_WHEN = ("now", "background", "never")
 
-    On the 2-core CPU we measured, the compiled step was not faster than the eager one on
-    the static cache (see benchmarks/RESULTS.md, issue 12) and compiling costs start-up time.
+
+def compile_plan(mode: str, device: torch.device) -> str:
+    """When to compile the step (one of :data:`COMPILE_WHEN`).
+
+    ``on``: now (the server is ready once compiled); ``off``: never; ``auto``: now on CUDA
+    (CUDA graphs), in the background on a CPU (the first compile takes minutes there; the
+    uncompiled step serves meanwhile), never on a CPU when ``$DG_LSP_BACKGROUND_COMPILE=0``.
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {COMPILE_MODES}, not {mode!r}")
-    if mode == "auto":
-        return device.type == "cuda"
-    return mode == "on"
+    if mode == "on":
+        return "now"
+    if mode == "off":
+        return "never"
+    if device.type == "cuda":
+        return "now"
+    from dg_lsp.engine.background_compile import background_compile_enabled
+
+    return "background" if background_compile_enabled() else "never"
+
+
+def should_compile(mode: str, device: torch.device) -> bool:
+    """Whether to compile the step before the first request (``on``, or ``auto`` on CUDA)."""
+    return compile_plan(mode, device) == "now"
 
 
 def decoder_logits(

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from dg_lsp.canvas import (
+    CANVAS_LENGTHS,
     CanvasMarkers,
     HoleKind,
     canvas_length_for,
@@ -20,6 +21,8 @@ from dg_lsp.canvas import (
     encoder_ids,
     middle_from_canvas,
 )
+from dg_lsp.engine.background_compile import BackgroundCompile
+from dg_lsp.engine.compiled_step import StepFunctions
 from dg_lsp.engine.denoiser import CanvasSpec, DenoiseOutcome, Draft, denoise
 from dg_lsp.engine.fast_path import FastDenoiser, FastPathSettings
 from dg_lsp.engine.prompt_cache import EncodeStats, PromptCache
@@ -161,6 +164,7 @@ class Engine:
         self._cache = PromptCache(loaded.model, reuse=reuse_prompt_cache)
         #: Static prompt KV, fixed shapes, sync-free (optionally compiled) step; None: the eager path.
         self.fast = FastDenoiser(loaded.model, fast_path) if fast_path.enabled else None
+        self._fast_settings = fast_path
         self._lock = threading.Lock()
         if loaded.device.type == "cpu":
             torch.set_flush_denormal(True)
@@ -245,7 +249,25 @@ class Engine:
             if self._chat is not None
             else sorted(self.markers.stop_ids),
             "sampler": sampler_json(self.sampler_defaults),
+            "compile": self.compile_facts(),
         }
+
+    def compile_facts(self) -> dict[str, object]:
+        """The compiled step's setting and state (``off`` | ``pending`` | ``compiling`` | ``ready`` | ``failed``)."""
+        if self.fast is None:
+            return {"setting": self._fast_settings.compile, "when": "never", "state": "off"}
+        return self.fast.compile_facts()
+
+    def background_compile(self) -> BackgroundCompile[StepFunctions] | None:
+        """The compile of the denoising step to start in the background, one shape per canvas length.
+
+        None unless the fast path's plan is ``background`` (``compile: "auto"`` on a CPU). The
+        caller starts it (:meth:`BackgroundCompile.start`); the step is swapped in between requests.
+        """
+        if self.fast is None:
+            return None
+        shapes = sorted({min(length, self.loaded.canvas_length) for length in CANVAS_LENGTHS})
+        return self.fast.background_compile(shapes)
 
     def prepare(self, request: InfillRequest) -> PreparedInfill:
         """Tokenise a request and choose its canvas; raises ValueError for a selection too long for the canvas."""

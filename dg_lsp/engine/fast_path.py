@@ -14,19 +14,24 @@ same random stream, same stopping rule.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
-from dg_lsp.engine.compiled_step import should_compile, step_functions
+from dg_lsp.engine.background_compile import BackgroundCompile, CompileState
+from dg_lsp.engine.compiled_step import StepFunctions, compile_plan, step_functions
 from dg_lsp.engine.denoiser import CanvasSpec, Cancelled, DenoiseOutcome, Draft, _start_canvas, embedding_dtype
 from dg_lsp.engine.prompt_cache import PromptCache
 from dg_lsp.engine.sampler import SamplerSettings, temperature
 from dg_lsp.engine.static_cache import StaticPromptKV, StepCache, attention_masks, context_bucket
 from dg_lsp.model.typing import vocab_size
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,8 @@ class FastPathSettings:
 
     #: Static prompt KV + fixed shapes + sync-free step (False: the eager transformers path).
     enabled: bool = True
-    #: ``auto`` (compile on CUDA, not on CPU), ``on`` or ``off``.
+    #: ``on`` (before the first request), ``off``, or ``auto`` (on CUDA: on; on a CPU: in the
+    #: background once :meth:`FastDenoiser.background_compile`'s compile is started).
     compile: str = "auto"
     #: A draft every this many steps (the final canvas is always reported).
     draft_interval: int = 1
@@ -76,12 +82,23 @@ class _Step:
 class FastDenoiser:
     """Denoises one canvas at a time after a :class:`PromptCache`'s prompt, on static buffers."""
 
-    def __init__(self, model: DiffusionGemmaForBlockDiffusion, settings: FastPathSettings = FastPathSettings()) -> None:
+    def __init__(
+        self,
+        model: DiffusionGemmaForBlockDiffusion,
+        settings: FastPathSettings = FastPathSettings(),
+        steps: StepFunctions | None = None,
+    ) -> None:
         self.model = model
         self.settings = settings
         self.device = model.device
         self.kv = StaticPromptKV(model)
-        self.steps = step_functions(model, should_compile(settings.compile, self.device))
+        #: When the step is compiled: ``now``, ``background`` or ``never`` (see :func:`compile_plan`).
+        self.plan = compile_plan(settings.compile, self.device)
+        self.steps = steps if steps is not None else step_functions(model, self.plan == "now")
+        #: The background compile, once :meth:`background_compile` made it.
+        self.background: BackgroundCompile[StepFunctions] | None = None
+        #: Held for a whole request: a compiled step is swapped in only between requests.
+        self._in_use = threading.Lock()
         self._vocab = vocab_size(model)
         self._embed_dtype = embedding_dtype(model)
         self._implementation = str(model.config._attn_implementation)
@@ -93,10 +110,62 @@ class FastDenoiser:
 
     @property
     def compiled(self) -> bool:
-        """Whether the step is compiled."""
+        """Whether the step in use is compiled."""
         return self.steps.compiled
 
-    @torch.inference_mode()
+    @property
+    def compile_state(self) -> CompileState:
+        """``ready`` when the step in use is compiled; else off, pending, compiling or failed."""
+        if self.background is not None:
+            return self.background.state
+        if self.steps.compiled:
+            return CompileState.READY
+        return CompileState.PENDING if self.plan == "background" else CompileState.OFF
+
+    def compile_facts(self) -> dict[str, object]:
+        """``dg.info``'s ``compile`` entry: the setting, when it compiles, and where that stands."""
+        facts: dict[str, object] = {"setting": self.settings.compile, "when": self.plan}
+        if self.background is not None:
+            facts.update(self.background.facts())
+        facts["state"] = self.compile_state.value
+        return facts
+
+    def swap_steps(self, steps: StepFunctions) -> None:
+        """Use ``steps`` from the next request on (waits for a request in progress to finish)."""
+        if steps.cuda_graphs != self.steps.cuda_graphs:
+            raise ValueError("a step with CUDA graphs needs padded prompts: it cannot replace one without")
+        with self._in_use:
+            self.steps = steps
+
+    def background_compile(self, shapes: Sequence[int]) -> BackgroundCompile[StepFunctions] | None:
+        """The compile to run in the background (plan ``background`` only; None otherwise); start it yourself."""
+        if self.plan != "background" or self.steps.compiled:
+            return None
+        if self.background is None:
+            model = self.model
+            self.background = BackgroundCompile(
+                build=lambda: step_functions(model, True),
+                warm=self._warm_shape_factory(),
+                swap=self.swap_steps,
+                shapes=shapes,
+            )
+        return self.background
+
+    def _warm_shape_factory(self) -> Callable[[StepFunctions, int], None]:
+        """``warm(steps, canvas length)``: two steps of a canvas on private buffers (what compiles it)."""
+        model = self.model
+        runners: dict[int, tuple[FastDenoiser, PromptCache]] = {}  # one per step functions object
+
+        def warm(steps: StepFunctions, length: int) -> None:
+            if id(steps) not in runners:
+                cache = PromptCache(model)
+                cache.encode([(7 + 13 * i) % self._vocab for i in range(24)])
+                runners[id(steps)] = (FastDenoiser(model, FastPathSettings(compile="off"), steps=steps), cache)
+            runner, cache = runners[id(steps)]
+            runner.denoise(cache, CanvasSpec(length=length), SamplerSettings(max_steps=2), seed=0)
+
+        return warm
+
     def denoise(
         self,
         cache: PromptCache,
@@ -106,7 +175,38 @@ class FastDenoiser:
         on_draft: Callable[[Draft], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> DenoiseOutcome:
-        """Denoise one canvas after the prompt ``cache`` holds; raises :class:`Cancelled`."""
+        """Denoise one canvas after the prompt ``cache`` holds; raises :class:`Cancelled`.
+
+        A step compiled in the background that fails here is dropped (logged once, ``dg.info``
+        shows ``failed``) and the request runs again on the uncompiled step.
+        """
+        with self._in_use:
+            try:
+                return self._denoise(cache, spec, settings, seed, on_draft, cancelled)
+            except Cancelled:
+                raise
+            except Exception as exc:
+                background = self.background
+                if background is None or not self.steps.compiled:
+                    raise
+                background.state = CompileState.FAILED
+                background.error = f"the compiled step failed: {type(exc).__name__}: {exc}"[:2000]
+                log.warning("the compiled denoising step failed; back to the uncompiled step: %s", background.error,
+                            exc_info=True)
+                self.steps = step_functions(self.model, False)
+        with self._in_use:
+            return self._denoise(cache, spec, settings, seed, on_draft, cancelled)
+
+    @torch.inference_mode()
+    def _denoise(
+        self,
+        cache: PromptCache,
+        spec: CanvasSpec,
+        settings: SamplerSettings,
+        seed: int,
+        on_draft: Callable[[Draft], None] | None,
+        cancelled: Callable[[], bool] | None,
+    ) -> DenoiseOutcome:
         prompt = cache.ids
         n, length, device = len(prompt), spec.length, self.device
         self.kv.sync(cache.full_cache, prompt, cache.reused_tokens)

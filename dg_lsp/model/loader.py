@@ -75,10 +75,14 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """``auto`` → bfloat16 on GPU, float32 on CPU."""
+    """``auto`` → bfloat16 on GPU; on CPU bfloat16 where it is native and faster, else float32 (:mod:`.cpu_dtype`)."""
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if requested == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.bfloat16
+        from dg_lsp.model.cpu_dtype import auto_cpu_dtype
+
+        return auto_cpu_dtype()
     if requested not in table:
         raise ModelLoadError(f"unknown dtype {requested!r} (use auto, float32, bfloat16 or float16)")
     return table[requested]

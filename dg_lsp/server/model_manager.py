@@ -193,6 +193,8 @@ class ModelManager:
         self.backend, self.spec = backend, spec
         if isinstance(old, RemoteBackend) and old is not backend:
             old.close()
+        if isinstance(old, Engine) and old is not backend and old.fast is not None and old.fast.background is not None:
+            old.fast.background.cancel()  # a replaced model's step is never swapped in
 
     def _connect(self, settings: RemoteSettings, report: Progress) -> None:
         self.status = ModelStatus.LOADING

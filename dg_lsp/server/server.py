@@ -17,8 +17,9 @@ from pygls.lsp.server import LanguageServer
 from dg_lsp import __version__
 from dg_lsp.config import ServerOptions, options_to_json, parse_options
 from dg_lsp.engine.backend import InfillBackend
+from dg_lsp.engine.background_compile import BackgroundCompile, CompileState
 from dg_lsp.engine.denoiser import Cancelled
-from dg_lsp.engine.engine import sampler_json
+from dg_lsp.engine.engine import Engine, sampler_json
 from dg_lsp.engine.remote import RemoteEngineError, RemoteSettings
 from dg_lsp.infill import complete, rewrite
 from dg_lsp.languages import detect_language
@@ -72,6 +73,8 @@ class DgServer(LanguageServer):
         self.memory = SuggestionMemory()
         self._announced: set[str] = set()
         self._load_task: asyncio.Task[None] | None = None
+        #: Starts the background compile of a freshly loaded model's step (see :meth:`_compile_in_background`).
+        self._compile_task: asyncio.Future[None] | None = None
 
     # -- helpers ---------------------------------------------------------------------------
     def document(self, uri: str) -> OpenDocument:
@@ -148,6 +151,9 @@ class DgServer(LanguageServer):
         try:
             await self.jobs.run_exclusive(lambda: self.models.load(spec, report))
             self.memory.clear()
+            backend = self.models.backend
+            if isinstance(backend, Engine):
+                self._compile_task = asyncio.ensure_future(self._compile_in_background(backend))
         except ModelLoadError as exc:
             still = " (keeping the previous model)" if self.models.backend is not None else "; completions are off"
             self.announce(f"could not load the model: {exc}{still}")
@@ -165,6 +171,51 @@ class DgServer(LanguageServer):
         finally:
             if progress:
                 self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=self.models.status.value))
+
+    async def _compile_in_background(self, engine: Engine) -> None:
+        """Start compiling ``engine``'s denoising step in the background (``compile: "auto"`` on a CPU).
+
+        Reported as its own work-done progress, "compiling the denoising step", one report per
+        canvas shape; the server keeps answering with the uncompiled step meanwhile.
+        """
+        job = engine.background_compile()
+        if job is None or job.state is not CompileState.PENDING:
+            return
+        loop = asyncio.get_running_loop()
+        token = str(uuid.uuid4())
+        window = self.client_capabilities.window
+        progress = bool(window and window.work_done_progress)
+        if progress:
+            try:
+                await self.window_work_done_progress_create_async(types.WorkDoneProgressCreateParams(token=token))
+                self.work_done_progress.begin(
+                    token,
+                    types.WorkDoneProgressBegin(title="dg-lsp", message="compiling the denoising step", percentage=0),
+                )
+            except Exception:  # a client that refuses progress still gets the compiled step
+                progress = False
+        if self.models.backend is not engine or job.state is not CompileState.PENDING:  # replaced meanwhile
+            if progress:
+                self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="cancelled"))
+            return
+
+        def later(callback: Any, *args: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(callback, *args)
+            except RuntimeError:  # the loop is closed: the server is exiting
+                pass
+
+        def report(message: str, done: int, total: int) -> None:
+            if progress:
+                value = types.WorkDoneProgressReport(message=message, percentage=100 * done // max(total, 1))
+                later(self.work_done_progress.report, token, value)
+
+        def finished(compile_job: BackgroundCompile[Any]) -> None:
+            if progress:
+                state = "cancelled" if compile_job.cancelled else compile_job.state.value
+                later(self.work_done_progress.end, token, types.WorkDoneProgressEnd(message=state))
+
+        job.start(report, finished)
 
     async def backend(self) -> InfillBackend | None:
         """The current backend, waiting for a load in progress; None if there is none."""
@@ -204,6 +255,7 @@ class DgServer(LanguageServer):
             "languages": [lang for lang in LANGUAGES if lang != "text"],
             "loadSeconds": self.models.load_seconds,
             "warmupSeconds": self.models.warmup_seconds,
+            "compile": facts.get("compile"),
             "jobs": {
                 "submitted": stats.submitted,
                 "started": stats.started,
