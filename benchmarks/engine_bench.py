@@ -836,7 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--geometry", choices=sorted(GEOMETRIES), default="tiny", help="random-weight model of this shape")
     source.add_argument("--model", default=None, help="checkpoint directory instead of a random geometry")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA; on CPU what dg-lsp picks: bfloat16 where native and faster, else float32), float32, bfloat16, float16")
     parser.add_argument("--experts", default="grouped_mm", help="experts implementation for both paths ('default' = leave)")
     parser.add_argument("--steps", type=int, default=16, help="fixed denoising steps (>= 2)")
     parser.add_argument("--canvas", type=int, default=256, help="canvas tokens (capped by the model's canvas_length)")

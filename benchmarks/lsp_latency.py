@@ -245,6 +245,25 @@ def initialize(client: LspClient, args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(0.2)
 
 
+#: ``dg.info`` compile states after which the step in use no longer changes.
+COMPILE_SETTLED = ("ready", "failed", "off")
+
+
+def wait_for_compile(client: LspClient, timeout: float) -> tuple[dict[str, Any], float]:
+    """Poll ``dg.info`` until the compiled step is swapped in (or failed, or never coming); (info, seconds waited)."""
+    started = time.monotonic()
+    while True:
+        info = client.request("workspace/executeCommand", {"command": "dg.info", "arguments": []}, timeout=60)
+        if not isinstance(info, dict):
+            raise LspError(f"dg.info returned {info!r}")
+        state = (info.get("compile") or {}).get("state", "off")
+        if state in COMPILE_SETTLED:
+            return info, time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise LspError(f"the compiled step was not ready within {timeout} s (state {state})")
+        time.sleep(0.5)
+
+
 class DraftClock:
     """Records when the first ``dg/draft`` notification arrives after :meth:`start`."""
 
@@ -320,6 +339,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"on {info.get('device')}/{info.get('dtype')}",
             file=sys.stderr,
         )
+        compile_wait_s: float | None = None
+        if args.wait_compile:
+            try:
+                info, compile_wait_s = wait_for_compile(client, args.compile_timeout)
+            except LspError as exc:
+                raise SystemExit(f"lsp_latency: {exc}") from exc
+            print(f"compiled step {info['compile'].get('state')} {compile_wait_s:.1f} s after ready", file=sys.stderr)
         clock = DraftClock(client)
         client.draft_clock = clock  # type: ignore[attr-defined]
         _warm_up(client, cases, ranges, args)
@@ -355,7 +381,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         client.close()
         log_file.close()
-    return _report(args, info, final, samples, ready_s, log_path)
+    report = _report(args, info, final, samples, ready_s, log_path)
+    report["server"]["compile_wait_seconds"] = compile_wait_s
+    report["server"]["compile_at_end"] = final.get("compile") if isinstance(final, dict) else None
+    return report
 
 
 def _warm_up(client: LspClient, cases: list[Case], ranges: dict[str, list[tuple[dict[str, Any], int]]], args: argparse.Namespace) -> None:
@@ -433,7 +462,7 @@ def _report(
         "machine": machine,
         "server": {
             key: info.get(key)
-            for key in ("version", "model", "modelPath", "device", "dtype", "parameters", "canvasLength", "loadSeconds", "warmupSeconds", "options")
+            for key in ("version", "model", "modelPath", "device", "dtype", "parameters", "canvasLength", "loadSeconds", "warmupSeconds", "compile", "options")
         }
         | {"ready_seconds": ready_s, "log": str(log_path)},
         "settings": {
@@ -558,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--compare", type=Path, nargs="+", default=None, help="saved JSON reports: draw them side by side into --plot, run nothing")
     parser.add_argument("--load-timeout", type=float, default=900.0, help="seconds to wait for the model")
+    parser.add_argument("--wait-compile", action="store_true", help="time only after dg.info's compile.state is ready (or failed/off): the step compiled in the background is in use")
+    parser.add_argument("--compile-timeout", type=float, default=1800.0, help="seconds --wait-compile waits")
     parser.add_argument("--request-timeout", type=float, default=600.0, help="seconds to wait for one answer")
     parser.add_argument("--server-log", default=None, help="server stderr goes here (default: a temp file)")
     parser.add_argument("--server-log-level", default="warning", choices=["debug", "info", "warning", "error"])
