@@ -71,6 +71,8 @@ class Run:
     middle_tokens: int = 0
     forwards: float = 0.0
     canvas_steps: float = 0.0
+    #: Seconds spent in decoder forwards (from ``dg_engine_forward_seconds``).
+    forward_s: float = 0.0
     queue_ms: list[float] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict)
 
@@ -81,6 +83,11 @@ class Run:
     @property
     def tokens_per_s(self) -> float:
         return self.middle_tokens / self.wall_s
+
+    @property
+    def forward_ms(self) -> float:
+        """Mean time of one batched forward."""
+        return 1000.0 * self.forward_s / self.forwards if self.forwards else 0.0
 
     @property
     def canvases_per_forward(self) -> float:
@@ -131,6 +138,7 @@ async def _user(client: httpx.AsyncClient, server: RunningServer, holes: list[Ho
 async def measure(server: RunningServer, mode: str, users: int, holes: list[Hole], per_user: int, steps: int, bar: Any) -> Run:
     """``users`` closed-loop clients, ``per_user`` requests each, all started together."""
     forwards = server.metric("dg_engine_forwards_total")
+    forward_s = server.metric("dg_engine_forward_seconds_sum")
     canvas_steps = server.metric("dg_engine_canvas_steps_total")
     run = Run(mode=mode, users=users, requests=users * per_user, wall_s=0.0)
     spread = max(len(holes) // max(users, 1), 1)
@@ -139,6 +147,7 @@ async def measure(server: RunningServer, mode: str, users: int, holes: list[Hole
         await asyncio.gather(*(_user(client, server, holes, u * spread, per_user, steps, run, bar) for u in range(users)))
         run.wall_s = time.perf_counter() - started
     run.forwards = server.metric("dg_engine_forwards_total") - forwards
+    run.forward_s = server.metric("dg_engine_forward_seconds_sum") - forward_s
     run.canvas_steps = server.metric("dg_engine_canvas_steps_total") - canvas_steps
     return run
 
@@ -177,11 +186,13 @@ def rows(runs: list[Run]) -> list[list[Any]]:
     for r in sorted(runs, key=lambda r: (r.users, r.mode)):
         stats = summarize(r.latencies_ms)
         out.append([r.users, r.mode, r.requests, fmt(r.requests_per_s, 2), fmt(r.tokens_per_s, 1), fmt(stats["p50"]),
-                    fmt(stats["p95"]), fmt(summarize(r.queue_ms)["p50"]), fmt(r.canvases_per_forward, 2)])
+                    fmt(stats["p95"]), fmt(summarize(r.queue_ms)["p50"]), fmt(r.canvases_per_forward, 2),
+                    fmt(r.forward_ms)])
     return out
 
 
-HEADERS = ["users", "mode", "requests", "req/s", "middle tok/s", "p50 ms", "p95 ms", "queue p50 ms", "canvases/forward"]
+HEADERS = ["users", "mode", "requests", "req/s", "middle tok/s", "p50 ms", "p95 ms", "queue p50 ms", "canvases/forward",
+           "forward ms"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=64, help="requests per measurement, spread over the users")
     parser.add_argument("--steps", type=int, default=16, help="maximum denoising steps per request")
     parser.add_argument("--max-batch", type=int, default=8, help="batch size of the batched server")
+    parser.add_argument("--batch-cache", default="static", choices=["static", "restack"],
+                        help="the servers' batched KV cache: preallocated slots, or restacked per membership change")
     parser.add_argument("--canvas-batching", default="auto", choices=["auto", "pad", "per-length"],
                         help="how the batched server groups canvases of different lengths")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the server (default: torch's)")
@@ -218,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             for mode, batch in modes.items():  # both stay up; the idle one sleeps on its queue
                 servers[mode] = start_engine_server(
                     args.model, Path(work) / mode, "--device", args.device, "--max-batch", str(batch),
-                    "--max-queue", "1024", "--canvas-batching", args.canvas_batching, token=None, threads=args.threads,
+                    "--max-queue", "1024", "--canvas-batching", args.canvas_batching, "--batch-cache", args.batch_cache,
+                    token=None, threads=args.threads,
                 )
                 facts = httpx.get(f"{servers[mode].url}/v1/models", timeout=30).json()["data"][0]["dg"]
                 asyncio.run(measure(servers[mode], mode, 1, holes, 2, args.steps, tqdm(disable=True)))  # warm-up
@@ -240,10 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         "command": command_line(__file__, argv if argv is not None else sys.argv[1:]),
         "date": date, "machine": info, "model": facts, "steps": args.steps, "max_batch": args.max_batch,
         "canvas_batching": args.canvas_batching,
+        "batch_cache": args.batch_cache,
         "requests": args.requests, "answers_identical": identical, "plot": str(plot_path),
         "runs": [{k: v for k, v in asdict(r).items() if k != "answers"} | {
             "requests_per_s": r.requests_per_s, "tokens_per_s": r.tokens_per_s,
-            "canvases_per_forward": r.canvases_per_forward, "latency": summarize(r.latencies_ms)} for r in runs],
+            "canvases_per_forward": r.canvases_per_forward, "forward_ms": r.forward_ms, "latency": summarize(r.latencies_ms)} for r in runs],
         "table": rows(runs),
     }
     write_json(args.json, report)
@@ -264,7 +279,8 @@ def markdown_block(report: dict[str, Any]) -> str:
         f"Date: {report['date']}. Model: `{facts.get('model')}` ({fmt(facts.get('parameters', 0) / 1e6)}M parameters), "
         f"{facts.get('device')}/{facts.get('dtype')}; {report['steps']} steps max, adaptive stopping on; "
         f"about {report['requests']} requests per measurement, each user a closed loop; canvas batching "
-        f"`{report.get('canvas_batching', 'auto')}` (`{'pad' if facts.get('padCanvases') else 'per-length'}`).",
+        f"`{report.get('canvas_batching', 'auto')}` (`{'pad' if facts.get('padCanvases') else 'per-length'}`); "
+        f"batch cache `{report.get('batch_cache', 'restack')}`.",
         "",
         f"Machine: {machine_line(report['machine'])}.",
         "",

@@ -158,8 +158,8 @@ def batch_logits(
 class SlotLayout:
     """What a forward over one set of slots reuses from step to step (rebuilt when the set changes)."""
 
-    #: ``(slot, id(row))`` of each member.
-    members: tuple[tuple[int, int], ...]
+    #: ``(slot, row)`` of each member (the rows themselves: an ``id`` may be reused once a row is gone).
+    members: tuple[tuple[int, CanvasRow], ...]
     #: Batch rows of the forward: slots ``[0, rows)``; rows without a member are filler.
     rows: int
     context: int
@@ -170,6 +170,13 @@ class SlotLayout:
     positions: torch.Tensor
     canvas: torch.Tensor
     conditioning: torch.Tensor | None = None
+
+    def serves(self, members: Sequence[tuple[int, CanvasRow]]) -> bool:
+        """Whether this layout is for exactly ``members`` (same rows, same slots, same order)."""
+        return len(members) == len(self.members) and all(
+            slot == mine_slot and row is mine_row
+            for (slot, row), (mine_slot, mine_row) in zip(members, self.members, strict=True)
+        )
 
 
 def slot_layout(
@@ -211,7 +218,7 @@ def slot_layout(
     for slot, row in members:
         positions[slot] += row.prompt_length
     return SlotLayout(
-        members=tuple((slot, id(row)) for slot, row in members),
+        members=tuple(members),
         rows=rows,
         context=context,
         canvas_length=width,
@@ -235,15 +242,19 @@ def slot_logits(
     ``layout`` is the previous call's; it is rebuilt (masks and positions only: no KV is
     copied) when the members changed.
     """
-    key = tuple((slot, id(row)) for slot, row in members)
-    if layout is None or layout.members != key:
+    if layout is None or not layout.serves(members):
         layout = slot_layout(model, kv, members, fixed_shapes)
-    canvas = layout.canvas
-    for slot, row in members:
-        canvas[slot, : row.spec.length] = row.canvas[0]
+    # One row filling the whole batch: its own tensors, nothing copied.
+    alone = members[0][1] if layout.rows == 1 and members[0][1].spec.length == layout.canvas_length else None
+    canvas = alone.canvas if alone is not None else layout.canvas
+    if alone is None:
+        for slot, row in members:
+            canvas[slot, : row.spec.length] = row.canvas[0]
     conditioning: torch.Tensor | None = None
     conditioned: torch.Tensor | None = None
-    if any(row.self_conditioning is not None for _, row in members):
+    if alone is not None and alone.self_conditioning is not None:  # one row: its own logits, no copy
+        conditioning = alone.self_conditioning
+    elif any(row.self_conditioning is not None for _, row in members):
         if layout.conditioning is None:
             embed = model.model.decoder.embed_tokens.weight
             layout.conditioning = embed.new_zeros((layout.rows, layout.canvas_length, vocab_size(model)))
@@ -253,6 +264,7 @@ def slot_logits(
             if row.self_conditioning is not None:
                 conditioning[slot, : row.spec.length] = row.self_conditioning[0]
                 flags[slot] = True
-        conditioned = torch.tensor(flags, device=canvas.device)
+        if not all(flags):  # (all conditioned: the mask would multiply by one)
+            conditioned = torch.tensor(flags, device=canvas.device)
     logits = decoder_logits(model, canvas, conditioning, conditioned, layout.positions, layout.masks, layout.cache)
     return [logits[slot : slot + 1, : row.spec.length] for slot, row in members], layout

@@ -58,6 +58,9 @@ class StepReport:
     layout_bytes: int = 0
     #: Batch rows the forward computed: the canvases plus free slots below the last busy one (filler).
     rows: int = 0
+    #: CPU time of the worker thread in ``forward_ms`` (on a CPU with one torch thread: the forward's own cost,
+    #: whatever else the machine runs).
+    forward_cpu_ms: float = 0.0
 
 
 @dataclass
@@ -309,7 +312,7 @@ class BatchScheduler:
         jobs = list(self._active)
         for key, group in self._groups(jobs).items():
             rows = [job.row for job in group if job.row is not None]
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             layout_ms, layout_bytes = self._layout(key, group, rows)
             if self.static_cache:
                 members = [(job.slot, row) for job, row in zip(group, rows, strict=True)]
@@ -321,6 +324,7 @@ class BatchScheduler:
                 logits, self._prompts[key] = batch_logits(self._model, rows, self._prompts.get(key))
                 computed = len(rows)
             forward_ms = (time.perf_counter() - started) * 1000.0
+            forward_cpu_ms = (time.thread_time() - cpu_started) * 1000.0
             for job, row, row_logits in zip(group, rows, logits, strict=True):
                 job.batch_size = max(job.batch_size, len(rows))
                 draft = row.advance(row_logits, self._vocab, self._embed_dtype, started)
@@ -336,7 +340,7 @@ class BatchScheduler:
                 self._on_step(
                     StepReport(
                         canvases=len(rows), forward_ms=forward_ms, layout_ms=layout_ms, layout_bytes=layout_bytes,
-                        rows=computed,
+                        rows=computed, forward_cpu_ms=forward_cpu_ms,
                     )
                 )
 
@@ -347,7 +351,7 @@ class BatchScheduler:
         if self.static_cache:
             members = [(job.slot, row) for job, row in zip(group, rows, strict=True)]
             layout = self._layouts.get(key)
-            if layout is not None and layout.members == tuple((slot, id(row)) for slot, row in members):
+            if layout is not None and layout.serves(members):
                 return 0.0, 0
             self._layouts[key] = slot_layout(self._model, self._slots[key], members, self.fixed_shapes)
         else:

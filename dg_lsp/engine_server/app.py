@@ -61,10 +61,17 @@ class EngineState:
     """The resident model behind the server: loading, ready or failed."""
 
     def __init__(
-        self, spec: ModelSpec, max_batch: int, max_queue: int, max_steps: int = 256, pad_canvases: bool | None = None
+        self,
+        spec: ModelSpec,
+        max_batch: int,
+        max_queue: int,
+        max_steps: int = 256,
+        pad_canvases: bool | None = None,
+        static_cache: bool = True,
     ) -> None:
         self.spec = spec
         self.pad_canvases = pad_canvases
+        self.static_cache = static_cache
         self.max_steps = max_steps
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -85,7 +92,8 @@ class EngineState:
             make_resident(loaded.model, loaded.path)  # a shard rewritten later cannot crash the server
             engine = Engine(loaded, reuse_prompt_cache=self.spec.reuse_prompt_cache)
             scheduler = BatchScheduler(
-                engine, self.max_batch, self.max_queue, on_step=self.metrics.on_step, pad_canvases=self.pad_canvases
+                engine, self.max_batch, self.max_queue, on_step=self.metrics.on_step, pad_canvases=self.pad_canvases,
+                static_cache=self.static_cache,
             )
             say(f"warming up on {loaded.device}")
             for request in warmup_requests():
@@ -216,7 +224,9 @@ def create_app(
         if scheduler is None:
             return _error(503, f"the model is {state.status}: {state.error or 'try again shortly'}", "service_unavailable")
         facts = {**scheduler.engine.describe(), "maxBatch": scheduler.max_batch, "maxQueue": scheduler.max_queue,
-                 "padCanvases": scheduler.pad_canvases, "maxSteps": state.max_steps, "tokenizer": TOKENIZER_PATH}
+                 "padCanvases": scheduler.pad_canvases,
+                 "batchCache": "static" if scheduler.static_cache else "restack", "fixedShapes": scheduler.fixed_shapes,
+                 "maxSteps": state.max_steps, "tokenizer": TOKENIZER_PATH}
         entry = {"id": scheduler.engine.loaded.name, "object": "model", "created": 0, "owned_by": "dg-lsp", "dg": facts}
         return JSONResponse({"object": "list", "data": [entry]})
 

@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         )
     spec = model_spec(args.model or os.environ.get("DG_LSP_MODEL"), args.device, args.dtype, quantize=args.quantize)
     state = EngineState(spec, max_batch=args.max_batch, max_queue=args.max_queue, max_steps=args.max_steps,
-                        pad_canvases={"auto": None, "pad": True, "per-length": False}[args.canvas_batching])
+                        pad_canvases={"auto": None, "pad": True, "per-length": False}[args.canvas_batching],
+                        static_cache=args.batch_cache == "static")
     sock = bind(args.host, args.port)
     url = url_of(sock)
     app = create_app(state, token, max_body_bytes=args.max_body_bytes, public_metrics=args.public_metrics,
@@ -123,6 +124,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument(
         "--canvas-batching", choices=["auto", "pad", "per-length"], default="auto",
         help="pad: one forward for all canvases; per-length: one per canvas length; auto: pad on GPU, per-length on CPU",
+    )
+    p.add_argument(
+        "--batch-cache", choices=["static", "restack"], default="static",
+        help="static: prompt states in preallocated slots (joining or leaving copies nothing else); "
+        "restack: each request's own cache, stacked again whenever the batch changes (for comparison)",
     )
     p.add_argument("--max-steps", type=int, default=256, help="largest denoising step budget a request may ask for")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,

@@ -37,6 +37,20 @@ class EngineMetrics:
         self.batch_size = Histogram(
             "dg_engine_batch_size", "Canvases per decoder forward", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=self.registry
         )
+        self.forward_seconds = Histogram(
+            "dg_engine_forward_seconds",
+            "Time of one batched decoder forward (including a batch layout rebuilt before it)",
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=self.registry,
+        )
+        self.layout_changes = Counter(
+            "dg_engine_batch_layouts", "Batch layouts rebuilt because the canvases of a forward changed", registry=self.registry
+        )
+        self.layout_copied = Counter(
+            "dg_engine_layout_copied_bytes",
+            "Prompt KV bytes copied to rebuild batch layouts (zero with the slotted static cache)",
+            registry=self.registry,
+        )
         self.tokens_per_forward = Histogram(
             "dg_engine_tokens_per_forward",
             "Middle tokens produced per denoising step, per request",
@@ -49,3 +63,7 @@ class EngineMetrics:
         self.forwards.inc()
         self.canvas_steps.inc(report.canvases)
         self.batch_size.observe(report.canvases)
+        self.forward_seconds.observe(report.forward_ms / 1000.0)
+        if report.layout_ms:
+            self.layout_changes.inc()
+            self.layout_copied.inc(report.layout_bytes)

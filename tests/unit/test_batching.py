@@ -268,3 +268,17 @@ def test_any_join_leave_sequence_keeps_every_row_as_alone(
             for finished in [r for r in active if r.alone.step >= 6]:
                 kv.release(finished.slot)
                 active.remove(finished)
+
+
+def test_a_layout_serves_the_same_rows_only(windowed_model: DiffusionGemmaForBlockDiffusion) -> None:
+    # A finished row's id may be reused by the next row in its slot: layouts compare the rows themselves.
+    generator = torch.Generator().manual_seed(10)
+    kv = BatchedStaticKV(windowed_model, slots=2, context_tokens=16)
+    first = _join(windowed_model, kv, _prompt(generator, 12), 8, seed=1, fixed=False)
+    layout = slot_layout(windowed_model, kv, [(first.slot, first.row)])
+    assert layout.serves([(0, first.row)])
+    kv.release(first.slot)
+    second = _join(windowed_model, kv, _prompt(generator, 20), 8, seed=1, fixed=False)
+    assert second.slot == 0
+    assert not layout.serves([(0, second.row)])
+    assert not layout.serves([(1, first.row)]) and not layout.serves([])

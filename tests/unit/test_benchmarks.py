@@ -152,4 +152,24 @@ def test_engine_server_bench_smoke(tiny_model_dir: Path, tmp_path: Path) -> None
     assert runs[("unbatched", 3)]["canvases_per_forward"] == 1.0
     assert runs[("batched", 3)]["canvases_per_forward"] > 1.0  # three users really shared steps
     assert report["answers_identical"] is True
+    assert all(r["forward_ms"] > 0 for r in runs.values())
     assert "### Engine server, batched vs unbatched" in engine_server.markdown_block(report)
+
+
+def test_batched_cache_bench_smoke(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from benchmarks import batched_cache
+
+    out = tmp_path / "batched_cache.json"
+    code = batched_cache.main(
+        ["--model", str(tiny_model_dir), "--users", "1,3", "--requests", "6", "--steps", "6", "--context", "64",
+         "--reps", "2", "--changes", "1,3", "--json", str(out)]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    runs = {(r["mode"], r["users"]): r for r in report["runs"]}
+    assert set(runs) == {("static", 1), ("static", 3), ("restack", 1), ("restack", 3)}
+    assert report["same_answers"] is True
+    assert runs[("static", 3)]["layout_mib"] == 0 and runs[("static", 3)]["joins"] == 6
+    assert runs[("restack", 3)]["layout_mib"] > 0 and runs[("restack", 3)]["joins"] == 0
+    change = {c["batch"]: c for c in report["membership_change"]}
+    assert change[3]["restack_mib"] > change[3]["static_mib"] > 0

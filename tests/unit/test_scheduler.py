@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,5 +193,15 @@ def test_typing_on_copies_only_the_changed_tail_into_its_slot(engine: Engine) ->
         tail = scheduler.counters.join_bytes - copied
         assert 0 < tail < copied / 4  # the re-encoded tail only, not the whole prompt
         assert second.text == engine.infill(typed).text
+    finally:
+        scheduler.close()
+
+
+def test_one_request_after_another_each_gets_its_own_answer(engine: Engine) -> None:
+    # The same slot serves one request after another, prompts of different lengths: nothing of the last one lingers.
+    scheduler = BatchScheduler(engine, max_batch=2, pad_canvases=False, static_cache=True)
+    try:
+        requests = [replace(r, max_canvas=32) for r in _requests(8)]
+        assert [scheduler.infill(r).text for r in requests] == [engine.infill(r).text for r in requests]
     finally:
         scheduler.close()
