@@ -80,6 +80,8 @@ class Run:
     join_ms: float = 0.0
     join_bytes: int = 0
     joins: int = 0
+    moves: int = 0
+    move_bytes: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict)
 
@@ -105,6 +107,8 @@ class Run:
             "joins": self.joins,
             "join_ms_per_request": self.join_ms / self.joins if self.joins else 0.0,
             "join_mib": self.join_bytes / 2**20,
+            "moves": self.moves,
+            "move_mib": self.move_bytes / 2**20,
             "latency_ms_p50": statistics.median(self.latencies_ms) if self.latencies_ms else 0.0,
         }
 
@@ -165,6 +169,8 @@ def measure(engine: Engine, mode: str, users: int, holes: list[Hole], per_user: 
     run.joins = after["joins"] - before["joins"]
     run.join_ms = after["join_ms"] - before["join_ms"]
     run.join_bytes = after["join_bytes"] - before["join_bytes"]
+    run.moves = after["moves"] - before["moves"]
+    run.move_bytes = after["move_bytes"] - before["move_bytes"]
     scheduler.close()
     return run
 
@@ -253,7 +259,7 @@ def step_time(engine: Engine, batch: int, canvas: int, reps: int) -> dict[str, A
 STEP_HEADERS = ["canvases", "canvas", "restack ms", "static ms", "restack CPU ms", "static CPU ms", "static / restack (CPU)"]
 RUN_HEADERS = ["users", "mode", "requests", "req/s", "forward p50 ms", "ms / canvas-step", "CPU ms / canvas-step", "canvases/forward",
                "filler rows/forward", "layout changes", "ms / change", "KV MiB copied at changes",
-               "share of forward time", "slot copy ms / request", "slot copy MiB"]
+               "share of forward time", "slot copy ms / request", "slot copy MiB", "slot moves (MiB)"]
 CHANGE_HEADERS = ["canvases in batch", "context", "restack ms", "restack MiB copied", "static ms (slot copy + masks)",
                   "static MiB copied", "slot buffers MiB"]
 
@@ -301,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     run_rows = [[s["users"], s["mode"], s["requests"], fmt(s["req_per_s"], 2), fmt(s["forward_ms_p50"]),
                  fmt(s["ms_per_canvas_step"], 2), fmt(s["cpu_ms_per_canvas_step"], 2), fmt(s["canvases_per_forward"], 2), fmt(s["filler_rows_per_forward"], 2),
                  s["layout_changes"], fmt(s["layout_ms_per_change"], 2), fmt(s["layout_mib"], 1),
-                 f"{100 * s['layout_share_of_forward_time']:.1f}%", fmt(s["join_ms_per_request"], 3), fmt(s["join_mib"], 1)]
+                 f"{100 * s['layout_share_of_forward_time']:.1f}%", fmt(s["join_ms_per_request"], 3), fmt(s["join_mib"], 1),
+                 f"{s['moves']} ({fmt(s['move_mib'], 1)})"]
                 for s in summaries]
     change_rows = [[c["batch"], c["context"], fmt(c["restack_ms"], 3), fmt(c["restack_mib"], 1), fmt(c["static_ms"], 3),
                     fmt(c["static_mib"], 2), fmt(c["slot_buffers_mib"], 1)] for c in changes]

@@ -5,11 +5,14 @@ capacity for full-attention layers and ``min(capacity, sliding_window - 1)`` for
 ones (a canvas sees at most the last ``window - 1`` prompt states there). A request being
 denoised owns one *slot* (one batch row) for its whole life: when it joins, only its own
 prompt's states are copied into its slot (and only the part after the prefix the slot
-already held from the same prompt cache, so a user typing on copies just the changed tail); when it leaves, the slot
-is marked free and nothing else moves. A batched forward reads views of the buffers, never
-copies of them: the rows ``[0, rows)`` (every slot for fixed shapes, else up to the highest
-slot in use) and the first ``context`` states, each slot's states stored from position 0
-and its padding hidden by a per-row key mask.
+already held from the same prompt cache, so a user typing on copies just the changed tail);
+when it leaves, the slot is marked free and the others stay where they are. A batched
+forward reads views of the buffers, never copies of them: the rows ``[0, rows)`` (every slot
+for fixed shapes, else up to the highest slot in use) and the first ``context`` states, each
+slot's states stored from position 0 and its padding hidden by a per-row key mask. Without
+fixed shapes a free slot under the highest busy one would be computed as a masked filler row
+every step, so the scheduler moves the request in the highest slot down into it
+(:meth:`BatchedStaticKV.move`: one prompt copied, once).
 
 Only a prompt longer than the capacity reallocates (every slot copied once, to the next
 :data:`~dg_lsp.engine.static_cache.BUCKET` multiple).
@@ -168,6 +171,25 @@ class BatchedStaticKV:
     def _first(self, layer: int, prompt_length: int) -> int:
         """First prompt position layer ``layer`` keeps for a ``prompt_length``-token prompt."""
         return max(0, prompt_length - (self._window - 1)) if self.sliding(layer) else 0
+
+    @torch.inference_mode()
+    def move(self, source: int, target: int) -> int:
+        """Move the busy ``source`` slot's prompt into the free ``target`` slot (its visible states only); returns bytes copied.
+
+        Used to close a gap under the last busy slot when forwards compute every row up to it.
+        """
+        if not self._busy[source] or self._busy[target]:
+            raise RuntimeError(f"cannot move slot {source} to slot {target}")
+        n = len(self._ids[source])
+        copied = 0
+        for index, (k, v) in enumerate(zip(self._keys, self._values, strict=True)):
+            width = self.visible(self.layer_types[index], n)
+            k[target, :, :width].copy_(k[source, :, :width])
+            v[target, :, :width].copy_(v[source, :, :width])
+            copied += 2 * k[source, :, :width].numel() * k.element_size()
+        self._ids[target], self._sources[target] = self._ids[source], self._sources[source]
+        self._busy[target], self._busy[source] = True, False
+        return copied
 
     def release(self, slot: int) -> None:
         """Free ``slot`` (its states stay, for a later prompt sharing their prefix)."""

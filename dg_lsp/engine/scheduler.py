@@ -6,7 +6,8 @@ preallocated :class:`~dg_lsp.engine.batched_cache.BatchedStaticKV`), drops cance
 then runs one decoder forward for all active canvases (:func:`~dg_lsp.engine.batching.slot_logits`)
 and lets each advance with its own sampler state, seed and stopping rule: a request's answer
 does not depend on what it was batched with. A request joining or leaving copies nothing of
-the others' states.
+the others' states (on a CPU, one leaving from under the highest busy slot lets the request
+there move down into its slot: one prompt copied, so no forward computes an empty row).
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ class CacheCounters:
     join_bytes: int = 0
     join_ms: float = 0.0
     grown: int = 0
+    #: Requests moved down into a slot freed under them (exact shapes: no filler row), and the bytes that took.
+    moves: int = 0
+    move_bytes: int = 0
     #: Batch layouts rebuilt because the set of canvases in a forward changed, their time and KV bytes copied.
     layouts: int = 0
     layout_ms: float = 0.0
@@ -344,6 +348,26 @@ class BatchScheduler:
                     )
                 )
 
+    def _free_slot(self, job: Job) -> None:
+        """Free the job's slot. With exact shapes (forwards compute every slot up to the last busy one), the
+        request in the last busy slot, if above it, moves down into it: one prompt copied instead of a filler
+        row computed every step. With fixed shapes nothing else moves."""
+        kv, freed = self._slots[job.group], job.slot
+        kv.release(freed)
+        job.slot = -1
+        if self.fixed_shapes:
+            return
+        busy = kv.in_use
+        if not busy or busy[-1] < freed:
+            return
+        top = busy[-1]
+        mover = next((other for other in self._active if other.group == job.group and other.slot == top), None)
+        if mover is None:
+            return
+        self.counters.move_bytes += kv.move(top, freed)
+        self.counters.moves += 1
+        mover.slot = freed
+
     def _layout(self, key: int, group: list[Job], rows: list[CanvasRow]) -> tuple[float, int]:
         """Lay the group's batch out anew if its canvases changed; returns the time taken and KV bytes copied."""
         started = time.perf_counter()
@@ -373,9 +397,8 @@ class BatchScheduler:
         if job in self._active:
             self._active.remove(job)
             self._prompts.clear()
-        if job.slot >= 0:  # the slot is free again; nothing else moves
-            self._slots[job.group].release(job.slot)
-            job.slot = -1
+        if job.slot >= 0:
+            self._free_slot(job)
         if job.cache is not None:
             if error is None or isinstance(error, Cancelled):
                 self._pool.release(job.cache, job.prepared.prompt)

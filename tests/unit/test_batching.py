@@ -282,3 +282,16 @@ def test_a_layout_serves_the_same_rows_only(windowed_model: DiffusionGemmaForBlo
     assert second.slot == 0
     assert not layout.serves([(0, second.row)])
     assert not layout.serves([(1, first.row)]) and not layout.serves([])
+
+
+def test_moving_a_slot_down_keeps_its_answers(windowed_model: DiffusionGemmaForBlockDiffusion) -> None:
+    generator = torch.Generator().manual_seed(11)
+    kv = BatchedStaticKV(windowed_model, slots=3, context_tokens=16)
+    requests = [_join(windowed_model, kv, _prompt(generator, n), 16, seed=n, fixed=False) for n in (40, 7, 25)]
+    layout = _step_and_compare(windowed_model, kv, requests, None, fixed=False)
+    gone = requests.pop(0)
+    kv.release(gone.slot)
+    assert kv.move(2, 0) > 0 and kv.in_use == [0, 1]
+    requests[1].slot = 0
+    layout = _step_and_compare(windowed_model, kv, requests, layout, fixed=False)
+    assert layout.rows == 2 and layout.masks is not None

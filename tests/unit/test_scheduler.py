@@ -84,8 +84,9 @@ def test_batched_answers_equal_single_answers(engine: Engine, scheduler: BatchSc
         assert counters.layouts > 1 and counters.layout_bytes == 0
         assert all(r.layout_bytes == 0 for r in reports)
         if scheduler.fixed_shapes:
-            assert {r.rows for r in reports} == {8}
-        assert all(r.rows >= r.canvases for r in reports)
+            assert {r.rows for r in reports} == {8} and counters.moves == 0
+        else:  # requests leaving from under others: the last one moves down, no forward computes an empty row
+            assert all(r.rows == r.canvases for r in reports)
     else:
         assert counters.joins == 0 and counters.layout_bytes > 0
 
