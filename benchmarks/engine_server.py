@@ -156,7 +156,7 @@ def plot(runs: list[Run], path: Path, title: str) -> Path:
     """Throughput and latency against concurrent users, batched vs unbatched."""
     plt = pyplot()
     fig, (tput, lat) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for mode, color in (("batched", "tab:blue"), ("unbatched", "tab:orange")):
+    for mode, color in (("batched", "tab:blue"), ("batched-restack", "tab:green"), ("unbatched", "tab:orange")):
         mine = sorted((r for r in runs if r.mode == mode), key=lambda r: r.users)
         if not mine:
             continue
@@ -203,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=64, help="requests per measurement, spread over the users")
     parser.add_argument("--steps", type=int, default=16, help="maximum denoising steps per request")
     parser.add_argument("--max-batch", type=int, default=8, help="batch size of the batched server")
-    parser.add_argument("--batch-cache", default="static", choices=["static", "restack"],
-                        help="the servers' batched KV cache: preallocated slots, or restacked per membership change")
+    parser.add_argument("--batch-cache", default="static", choices=["static", "restack", "both"],
+                        help="the servers' batched KV cache: preallocated slots, or restacked per membership change; "
+                        "both: a third server, batched on the restacking cache, interleaved with the others")
     parser.add_argument("--canvas-batching", default="auto", choices=["auto", "pad", "per-length"],
                         help="how the batched server groups canvases of different lengths")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the server (default: torch's)")
@@ -216,7 +217,12 @@ def main(argv: list[str] | None = None) -> int:
 
     users = [int(u) for u in args.users.split(",")]
     holes = workload()
-    modes = {"batched": args.max_batch, "unbatched": 1}
+    # mode -> (max batch, batch cache); ``--batch-cache both`` adds a batched server on the restacking cache
+    cache = "static" if args.batch_cache == "both" else args.batch_cache
+    modes = {"batched": (args.max_batch, cache), "unbatched": (1, cache)}
+    if args.batch_cache == "both":
+        modes = {"batched": (args.max_batch, "static"), "batched-restack": (args.max_batch, "restack"),
+                 "unbatched": (1, "static")}
     runs: list[Run] = []
     info = machine_info(args.device if args.device != "auto" else None)
     date = utc_now()
@@ -228,10 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         total=total, desc="requests", unit="req", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True
     ) as bar:
         try:
-            for mode, batch in modes.items():  # both stay up; the idle one sleeps on its queue
+            for mode, (batch, batch_cache) in modes.items():  # all stay up; the idle ones sleep on their queues
                 servers[mode] = start_engine_server(
                     args.model, Path(work) / mode, "--device", args.device, "--max-batch", str(batch),
-                    "--max-queue", "1024", "--canvas-batching", args.canvas_batching, "--batch-cache", args.batch_cache,
+                    "--max-queue", "1024", "--canvas-batching", args.canvas_batching, "--batch-cache", batch_cache,
                     token=None, threads=args.threads,
                 )
                 facts = httpx.get(f"{servers[mode].url}/v1/models", timeout=30).json()["data"][0]["dg"]
@@ -245,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
     identical = all(
         r.answers == other.answers
-        for r in runs if r.mode == "batched"
+        for r in runs if r.mode.startswith("batched")
         for other in runs if other.mode == "unbatched" and other.users == r.users
     )
     plot_path = args.plot or args.json.with_suffix(".png")
@@ -280,7 +286,9 @@ def markdown_block(report: dict[str, Any]) -> str:
         f"{facts.get('device')}/{facts.get('dtype')}; {report['steps']} steps max, adaptive stopping on; "
         f"about {report['requests']} requests per measurement, each user a closed loop; canvas batching "
         f"`{report.get('canvas_batching', 'auto')}` (`{'pad' if facts.get('padCanvases') else 'per-length'}`); "
-        f"batch cache `{report.get('batch_cache', 'restack')}`.",
+        f"batch cache `{report.get('batch_cache', 'restack')}`"
+        + (" (`batched` and `unbatched` on the static cache, `batched-restack` restacking)."
+           if report.get("batch_cache") == "both" else "."),
         "",
         f"Machine: {machine_line(report['machine'])}.",
         "",
