@@ -46,12 +46,12 @@ def enable_compile_cache() -> Path:
     """Point inductor's on-disk caches (FX graph cache and AOTAutograd cache) at :func:`compile_cache_dir`.
 
     A ``TORCHINDUCTOR_CACHE_DIR`` the user set is kept; torch's own default (a temporary
-    directory, which it writes into the environment once used) is replaced.
+    directory, which it writes into the environment once used) and an empty value are replaced.
     """
     import torch._inductor.config as inductor_config
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or None  # empty: unset (not the working directory)
     if current is None or Path(current).resolve() == Path(default_cache_dir()).resolve():
         current = os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache_dir())
     path = Path(current)

@@ -215,3 +215,5 @@ def test_compile_cache_replaces_torchs_temporary_default(monkeypatch: pytest.Mon
     assert enable_compile_cache() == tmp_path / "dg-lsp" / "torchinductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice is kept
     assert enable_compile_cache() == tmp_path / "mine"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # empty is unset, not the working directory
+    assert enable_compile_cache() == tmp_path / "dg-lsp" / "torchinductor"
