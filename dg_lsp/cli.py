@@ -109,6 +109,12 @@ def cmd_infill(args: argparse.Namespace) -> int:
         print(json.dumps(payload))
     elif result is not None:
         sys.stdout.write(result.text + ("" if result.text.endswith("\n") else "\n"))
+    else:  # stdout stays empty (scripts read it); a person is told why there is nothing
+        print(
+            "dg-lsp: no completion here: the model's answer was empty or failed the parse check "
+            "(--no-parse-check shows the raw answer)",
+            file=sys.stderr,
+        )
     return 0
 
 
