@@ -20,14 +20,15 @@ its first ``<eom>`` count fully, the remaining ``<eom>`` padding only ``--eom-we
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
-from dg_lsp.canvas import LayoutTokens, renoise, resolve_layout_tokens
+from dg_lsp.canvas import LayoutTokens, layout_overhead, renoise, resolve_layout_tokens
 from dg_lsp.model.checkpoint import new_model, save_checkpoint
 from dg_lsp.model.geometry import GEOMETRIES
 from dg_lsp.model.loader import TRAINING_FACTS
@@ -86,11 +87,18 @@ class Batch:
     lm_mask: torch.Tensor
     tokens: int
 
+    def to(self, device: torch.device) -> Batch:
+        """The same batch with its tensors on ``device``."""
+        return Batch(
+            self.prompt.to(device), self.prompt_mask.to(device), self.canvas.to(device), self.positions.to(device),
+            self.decoder_mask.to(device), self.canvas_weight.to(device), self.lm_mask.to(device), self.tokens,
+        )
 
-def collate(examples: list[Example], layout: LayoutTokens, eom_weight: float = 1.0) -> Batch:
-    """Right-pad prompts; every example of a batch shares one canvas length."""
+
+def collate(examples: list[Example], layout: LayoutTokens, eom_weight: float = 1.0, width: int = 0) -> Batch:
+    """Right-pad prompts to the longest (at least ``width``: fixed shapes); a batch shares one canvas length."""
     pad = layout.pad
-    width = max(len(e.prompt) for e in examples)
+    width = max(width, *(len(e.prompt) for e in examples))
     prompt = torch.full((len(examples), width), pad, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.bool)
     for row, example in enumerate(examples):
@@ -140,59 +148,100 @@ class Losses:
     lm: float
 
 
+@dataclass
+class Noise:
+    """The random draws of one step, made outside the (compilable) loss: generators stay eager."""
+
+    #: The renoised canvas the decoder sees.
+    noisy: torch.Tensor
+    #: ``(batch,)`` bool: which examples get self-conditioning logits.
+    use_sc: torch.Tensor
+    #: ``(batch, 1, 1)`` temperature of the self-conditioning logits.
+    sc_temperature: torch.Tensor
+
+
+def draw_noise(canvas: torch.Tensor, vocab_size: int, config: TrainConfig, generator: torch.Generator) -> Noise:
+    """A random noise level per example, DiffusionGemma's uniform renoising, and the self-conditioning draws."""
+    n, device = canvas.shape[0], canvas.device
+    level = config.min_noise + (1 - config.min_noise) * torch.rand(n, generator=generator, device=device)
+    noisy = renoise(canvas, level, vocab_size, generator)
+    use_sc = torch.rand(n, generator=generator, device=device) < config.self_conditioning_prob
+    sc_temperature = 0.4 + 0.4 * torch.rand(n, 1, 1, generator=generator, device=device)
+    return Noise(noisy, use_sc, sc_temperature)
+
+
+#: ``(total, canvas, middle, lm)`` losses as tensors (nothing read back to the host).
+LossTerms = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def loss_terms(
+    model: DiffusionGemmaForBlockDiffusion,
+    batch: Batch,
+    noise: Noise,
+    lm_weight: float,
+    self_conditioning: bool,
+) -> LossTerms:
+    """The step's losses with no host sync and no data-dependent shapes (one graph per batch shape).
+
+    The encoder's next-token loss is a masked mean over every prompt position; the
+    self-conditioning pass runs for the whole batch and its logits reach only the examples
+    whose ``use_sc`` is set (the decoder zeroes the signal elsewhere).
+    """
+    cache = DynamicCache(config=text_config(model))
+    encoded = model.model.encoder(input_ids=batch.prompt, attention_mask=batch.prompt_mask, past_key_values=cache)
+    lm = torch.zeros((), device=batch.prompt.device)
+    if lm_weight > 0:
+        lm_logits = _softcapped(model, encoded.last_hidden_state[:, :-1])
+        per_position = F.cross_entropy(
+            lm_logits.reshape(-1, lm_logits.shape[-1]).float(), batch.prompt[:, 1:].reshape(-1), reduction="none"
+        ).view_as(batch.lm_mask)
+        scored = batch.lm_mask.to(per_position.dtype)
+        lm = (per_position * scored).sum() / scored.sum().clamp(min=1.0)
+    sc_logits = None
+    if self_conditioning:
+        with torch.no_grad():
+            first = model(
+                decoder_input_ids=noise.noisy,
+                past_key_values=cache,
+                decoder_attention_mask=batch.decoder_mask,
+                decoder_position_ids=batch.positions,
+            ).logits
+            sc_logits = (first / noise.sc_temperature).to(model.dtype)
+    logits = model(
+        decoder_input_ids=noise.noisy,
+        past_key_values=cache,
+        decoder_attention_mask=batch.decoder_mask,
+        decoder_position_ids=batch.positions,
+        self_conditioning_logits=sc_logits,
+        self_conditioning_mask=noise.use_sc if sc_logits is not None else None,
+    ).logits
+    per_token = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), batch.canvas.reshape(-1), reduction="none"
+    ).view_as(batch.canvas)
+    weight = batch.canvas_weight
+    canvas_loss = (per_token * weight).sum() / weight.sum()
+    full = (weight == 1.0).to(per_token.dtype)
+    middle = (per_token.detach() * full).sum() / full.sum()
+    return canvas_loss + lm_weight * lm, canvas_loss.detach(), middle, lm.detach()
+
+
+#: The loss function a step runs: :func:`loss_terms` or its compiled form.
+TermsFunction = Callable[[DiffusionGemmaForBlockDiffusion, Batch, Noise, float, bool], LossTerms]
+
+
 def diffusion_loss(
     model: DiffusionGemmaForBlockDiffusion,
     batch: Batch,
     vocab_size: int,
     config: TrainConfig,
     generator: torch.Generator,
+    terms: TermsFunction = loss_terms,
 ) -> Losses:
     """Weighted cross-entropy of the clean canvas given a renoised one, plus the encoder's next-token loss."""
-    device = model.device
-    prompt, prompt_mask = batch.prompt.to(device), batch.prompt_mask.to(device)
-    canvas, positions = batch.canvas.to(device), batch.positions.to(device)
-    decoder_mask = batch.decoder_mask.to(device)
-    n = canvas.shape[0]
-    noise = config.min_noise + (1 - config.min_noise) * torch.rand(n, generator=generator, device=device)
-    noisy = renoise(canvas, noise, vocab_size, generator)
-    cache = DynamicCache(config=text_config(model))
-    encoded = model.model.encoder(input_ids=prompt, attention_mask=prompt_mask, past_key_values=cache)
-    lm = torch.zeros((), device=device)
-    if config.lm_weight > 0:
-        lm_mask = batch.lm_mask.to(device)
-        hidden = encoded.last_hidden_state[:, :-1][lm_mask]
-        if hidden.shape[0] > 0:
-            lm_logits = _softcapped(model, hidden)
-            lm = F.cross_entropy(lm_logits.float(), prompt[:, 1:][lm_mask])
-    use_sc = torch.rand(n, generator=generator, device=device) < config.self_conditioning_prob
-    sc_logits = None
-    if bool(use_sc.any()):
-        with torch.no_grad():
-            first = model(
-                decoder_input_ids=noisy,
-                past_key_values=cache,
-                decoder_attention_mask=decoder_mask,
-                decoder_position_ids=positions,
-            ).logits
-            temperature = 0.4 + 0.4 * torch.rand(n, 1, 1, generator=generator, device=device)
-            sc_logits = (first / temperature).to(model.dtype)
-    logits = model(
-        decoder_input_ids=noisy,
-        past_key_values=cache,
-        decoder_attention_mask=decoder_mask,
-        decoder_position_ids=positions,
-        self_conditioning_logits=sc_logits,
-        self_conditioning_mask=use_sc if sc_logits is not None else None,
-    ).logits
-    per_token = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), canvas.reshape(-1), reduction="none"
-    ).view_as(canvas)
-    weight = batch.canvas_weight.to(device)
-    canvas_loss = (per_token * weight).sum() / weight.sum()
-    full = weight == 1.0
-    middle = float((per_token.detach() * full).sum() / full.sum())
-    total = canvas_loss + config.lm_weight * lm
-    return Losses(total=total, canvas=float(canvas_loss.detach()), middle=middle, lm=float(lm.detach()))
+    batch = batch.to(model.device)
+    noise = draw_noise(batch.canvas, vocab_size, config, generator)
+    total, canvas, middle, lm = terms(model, batch, noise, config.lm_weight, config.self_conditioning_prob > 0)
+    return Losses(total=total, canvas=float(canvas), middle=float(middle), lm=float(lm))
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -319,7 +368,8 @@ def train(args: argparse.Namespace) -> Path:
     stream = batches(examples, config.batch_size)
     generator = torch.Generator(device=device).manual_seed(config.seed + step)
     vocab = vocab_size(model)
-    step_fn = _compiled_step(model, args.compile)
+    step_fn = _compiled_step(args.compile)
+    width = prompt_width(config, layout) if args.compile else 0
     deadline = time.monotonic() + args.minutes * 60
     last_save = time.monotonic()
     bar = tqdm(desc="train", unit="step", initial=step, total=config.total_steps, dynamic_ncols=True, disable=args.no_progress)
@@ -328,13 +378,13 @@ def train(args: argparse.Namespace) -> Path:
     if not history:
         history.append({"step": step, "tokens": tokens_seen, **{f"eval_{k}": v for k, v in evaluate(model, held_out, config, autocast).items()}})
     while time.monotonic() < deadline and step < config.total_steps and not _stop_requested(out):
-        batch = collate(next(stream), layout, config.eom_weight)
+        batch = collate(next(stream), layout, config.eom_weight, width)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             losses = step_fn(model, batch, vocab, config, generator)
         optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
+        losses.total.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
@@ -380,11 +430,22 @@ def train(args: argparse.Namespace) -> Path:
     return export
 
 
-def _compiled_step(model: DiffusionGemmaForBlockDiffusion, compile_step: bool) -> Any:
-    """The loss function, optionally through ``torch.compile``."""
+def _compiled_step(compile_step: bool) -> Callable[..., Losses]:
+    """The loss function, optionally with :func:`loss_terms` through ``torch.compile``.
+
+    Compiled, prompts are padded to a fixed width (:func:`prompt_width`) and canvases come in
+    the fixed lengths, so each canvas length compiles once (static shapes; no recompiling per
+    batch as with variable widths).
+    """
     if not compile_step:
         return diffusion_loss
-    return torch.compile(diffusion_loss, dynamic=True)
+    compiled = cast(TermsFunction, torch.compile(loss_terms, dynamic=False))
+    return functools.partial(diffusion_loss, terms=compiled)
+
+
+def prompt_width(config: TrainConfig, layout: LayoutTokens) -> int:
+    """The fixed prompt width of compiled steps: the context budget plus the layout's markers."""
+    return config.context_tokens + layout_overhead(layout)
 
 
 def _take(iterator: Iterator[list[Example]], n: int) -> Iterator[list[Example]]:
@@ -412,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--editor-line-share", type=float, default=0.35, help="share of whole-line (new line) holes")
     parser.add_argument("--init-from", type=Path, default=None, help="warm start from this model directory")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (always on for CUDA)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the loss step")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the loss step (fixed prompt width, one graph per canvas length)")
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--log-every", type=int, default=10, help="with --no-progress: a log line every N steps")
     parser.add_argument("--workers", type=int, default=0, help="processes making examples (0 = in the training loop)")

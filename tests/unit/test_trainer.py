@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ from tokenizers import Tokenizer
 from transformers import DynamicCache
 
 from dg_lsp.canvas import resolve_layout_tokens
-from dg_lsp.model.typing import text_config
+from dg_lsp.model.typing import text_config, vocab_size
 from dg_lsp.train import gpu_run
 from dg_lsp.train import trainer as T
 from dg_lsp.train.examples import Example, ExampleMaker, SourceFile, editor_line_hole, read_corpus
@@ -117,6 +119,51 @@ def test_encoder_next_token_loss_matches_a_manual_computation(tiny_model_dir: Pa
     losses = T.diffusion_loss(model, batch, model.config.text_config.vocab_size, config, torch.Generator().manual_seed(0))
     assert losses.lm == pytest.approx(float(expected), rel=1e-4)
     assert float(losses.total) == pytest.approx(losses.canvas + losses.lm, rel=1e-4)
+
+
+def _loss_parts(model: Any, batch: T.Batch, terms: T.TermsFunction = T.loss_terms) -> list[float]:
+    config = T.TrainConfig(geometry="tiny", lm_weight=0.5, self_conditioning_prob=0.5, eom_weight=0.1)
+    losses = T.diffusion_loss(model, batch, vocab_size(model), config, torch.Generator().manual_seed(3), terms=terms)
+    return [float(losses.total), losses.canvas, losses.middle, losses.lm]
+
+
+def test_fixed_prompt_width_pads_without_changing_the_loss(tiny_model_dir: Path, tokenizer: Tokenizer) -> None:
+    """Compiled steps pad every prompt to one width: the extra padding is masked and moves nothing."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    model.train(False)
+    layout = resolve_layout_tokens(tokenizer.get_vocab(with_added_tokens=True))
+    group = next(T.batches(iter(_examples(tokenizer, 40)), 3))
+    natural = T.collate(group, layout, eom_weight=0.1)
+    width = natural.prompt.shape[1] + 23
+    padded = T.collate(group, layout, eom_weight=0.1, width=width)
+    assert padded.prompt.shape[1] == width and padded.tokens == natural.tokens
+    assert torch.equal(padded.positions, natural.positions)
+    with torch.no_grad():
+        assert _loss_parts(model, padded) == pytest.approx(_loss_parts(model, natural), rel=1e-4)
+    assert T.prompt_width(T.TrainConfig(context_tokens=256), layout) >= 256 + 4
+
+
+@pytest.mark.skipif(os.environ.get("DG_LSP_TEST_COMPILE") != "1", reason="set DG_LSP_TEST_COMPILE=1 (minutes)")
+def test_compiled_loss_matches_the_eager_loss_and_trains(tiny_model_dir: Path, tokenizer: Tokenizer) -> None:
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    layout = resolve_layout_tokens(tokenizer.get_vocab(with_added_tokens=True))
+    group = next(T.batches(iter(_examples(tokenizer, 40)), 2))
+    batch = T.collate(group, layout, eom_weight=0.1, width=max(len(e.prompt) for e in group) + 8)
+    compiled = T._compiled_step(True)
+    config = T.TrainConfig(geometry="tiny", lm_weight=0.5, self_conditioning_prob=0.5, eom_weight=0.1)
+    vocab = vocab_size(model)
+    eager = T.diffusion_loss(model, batch, vocab, config, torch.Generator().manual_seed(3))
+    fast = compiled(model, batch, vocab, config, torch.Generator().manual_seed(3))
+    assert [float(fast.total), fast.canvas, fast.middle, fast.lm] == pytest.approx(
+        [float(eager.total), eager.canvas, eager.middle, eager.lm], rel=1e-3
+    )
+    fast.total.backward()  # type: ignore[no-untyped-call]
+    grad = model.lm_head.weight.grad
+    assert grad is not None and float(grad.abs().sum()) > 0
 
 
 def _corpus(tmp_path: Path) -> Path:
