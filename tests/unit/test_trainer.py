@@ -121,9 +121,9 @@ def test_encoder_next_token_loss_matches_a_manual_computation(tiny_model_dir: Pa
     assert float(losses.total) == pytest.approx(losses.canvas + losses.lm, rel=1e-4)
 
 
-def _loss_parts(model: Any, batch: T.Batch, terms: T.TermsFunction = T.loss_terms) -> list[float]:
+def _loss_parts(model: Any, batch: T.Batch) -> list[float]:
     config = T.TrainConfig(geometry="tiny", lm_weight=0.5, self_conditioning_prob=0.5, eom_weight=0.1)
-    losses = T.diffusion_loss(model, batch, vocab_size(model), config, torch.Generator().manual_seed(3), terms=terms)
+    losses = T.diffusion_loss(model, batch, vocab_size(model), config, torch.Generator().manual_seed(3))
     return [float(losses.total), losses.canvas, losses.middle, losses.lm]
 
 
