@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
+from dg_lsp.engine.prompt_cache import PromptCache
 from dg_lsp.engine.sampler import entropy_bound_accept
 from dg_lsp.engine.static_cache import StepCache
 from dg_lsp.model.typing import text_config
@@ -174,6 +175,9 @@ def accept_and_stop(
     return following, argmax, run, stop
 
 
+#: Dynamo's stance for the warm compiled prompt encoder: a size no warm-up saw runs eagerly.
+ENCODER_STANCE = "eager_on_recompile"
+
 _SHARED: weakref.WeakKeyDictionary[DiffusionGemmaForBlockDiffusion, dict[bool, StepFunctions]] = weakref.WeakKeyDictionary()
 
 
@@ -204,6 +208,40 @@ class StepFunctions:
         else:
             self.forward_stats = forward_stats
             self.accept_and_stop = accept_and_stop
+        # The prompt encoder too, on a CPU (where its per-layer overhead is most of a short
+        # encode); symbolic sizes: a fresh prompt and a reused prefix are one graph each.
+        self._model = model
+        self._encoder: Callable[..., Any] | None = (
+            torch.compile(model.model.encoder, dynamic=True) if compile_step and model.device.type == "cpu" else None
+        )
+        self._encoder_warm = False
+
+    def warm_encoder(self) -> None:
+        """Compile the prompt encoder's two graphs (a fresh prompt, then one reusing a prefix) on a private cache."""
+        if self._encoder is None or self._encoder_warm:
+            return
+        vocab = int(text_config(self._model).vocab_size)
+        first = [(7 + 13 * i) % vocab for i in range(24)]
+        cache = PromptCache(self._model)
+        cache.encode(first, encoder=self._encoder)
+        cache.encode(first[:16] + [(5 + 11 * i) % vocab for i in range(12)], encoder=self._encoder)
+        self._encoder_warm = True
+
+    def prompt_encoder(self) -> Callable[..., Any] | None:
+        """The compiled prompt encoder once :meth:`warm_encoder` ran (None: use the model's own).
+
+        It runs under dynamo's ``eager_on_recompile`` stance: a size or state no warm-up saw runs
+        eagerly for that request instead of stalling it behind a minutes-long recompile.
+        """
+        if self._encoder is None or not self._encoder_warm:
+            return None
+        encoder = self._encoder
+
+        def encode(**kwargs: Any) -> Any:
+            with torch.compiler.set_stance(ENCODER_STANCE):
+                return encoder(**kwargs)
+
+        return encode
 
     def begin_step(self) -> None:
         """Mark a new step for CUDA graph trees (outputs of earlier replays may be overwritten after this)."""

@@ -327,7 +327,8 @@ class Engine:
         with self._lock:
             started = time.perf_counter()
             try:
-                stats = self._cache.encode(prepared.prompt)
+                encoder = self.fast.prompt_encoder() if self.fast is not None else None
+                stats = self._cache.encode(prepared.prompt, encoder=encoder)
             except BaseException:
                 self._cache.clear()
                 raise

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
@@ -95,6 +96,8 @@ class FastDenoiser:
         #: When the step is compiled: ``now``, ``background`` or ``never`` (see :func:`compile_plan`).
         self.plan = compile_plan(settings.compile, self.device)
         self.steps = steps if steps is not None else step_functions(model, self.plan == "now")
+        if self.plan == "now":
+            self.steps.warm_encoder()
         #: The background compile, once :meth:`background_compile` made it.
         self.background: BackgroundCompile[StepFunctions] | None = None
         #: Held for a whole request: a compiled step is swapped in only between requests.
@@ -112,6 +115,10 @@ class FastDenoiser:
     def compiled(self) -> bool:
         """Whether the step in use is compiled."""
         return self.steps.compiled
+
+    def prompt_encoder(self) -> Callable[..., Any] | None:
+        """The compiled prompt encoder of the step in use, once warm (None: the model's own encoder)."""
+        return self.steps.prompt_encoder()
 
     @property
     def compile_state(self) -> CompileState:
@@ -158,6 +165,7 @@ class FastDenoiser:
 
         def warm(steps: StepFunctions, length: int) -> None:
             if id(steps) not in runners:
+                steps.warm_encoder()
                 cache = PromptCache(model)
                 cache.encode([(7 + 13 * i) % self._vocab for i in range(24)])
                 runners[id(steps)] = (FastDenoiser(model, FastPathSettings(compile="off"), steps=steps), cache)

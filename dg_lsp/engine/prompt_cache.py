@@ -7,9 +7,9 @@ reuses the longest common prefix (cropping the rest) and encodes just the new ta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
@@ -125,33 +125,47 @@ class PromptCache:
             mine.keys, mine.values = keys, values
         return view
 
-    def _crop(self, cache: DynamicCache, keep: int) -> None:
+    def _crop(self, cache: DynamicCache, keep: int, contiguous: bool = False) -> None:
+        """Cut every layer back to ``keep`` states (``contiguous``: as fresh dense copies, one stride layout for a compiled encoder)."""
         for layer in cache_layers(cache):
             if not layer.is_initialized:
                 continue
             keys, values = layer_tensors(layer)
-            layer.keys, layer.values = keys[..., :keep, :], values[..., :keep, :]
+            keys, values = keys[..., :keep, :], values[..., :keep, :]
+            if contiguous:  # dense standard strides, also on size-1 dims (a compiled graph guards on them)
+                keys = keys.clone(memory_format=torch.contiguous_format)
+                values = values.clone(memory_format=torch.contiguous_format)
+            layer.keys, layer.values = keys, values
             if isinstance(layer, DynamicSlidingWindowLayer):
                 layer.cumulative_length = keep
 
     @torch.inference_mode()
-    def encode(self, prompt_ids: Sequence[int]) -> EncodeStats:
-        """Make the cache hold exactly ``prompt_ids``, encoding as little as possible."""
+    def encode(self, prompt_ids: Sequence[int], encoder: Callable[..., Any] | None = None) -> EncodeStats:
+        """Make the cache hold exactly ``prompt_ids``, encoding as little as possible.
+
+        ``encoder`` replaces the model's encoder module (a compiled one with symbolic sizes,
+        :class:`~dg_lsp.engine.compiled_step.StepFunctions`): it then never gets a tail of one
+        token or a past of one state, sizes a compiled graph specializes on, so one graph for
+        a fresh prompt and one for a reused prefix serve every request.
+        """
         keep = common_prefix_length(self._ids, prompt_ids)
         if self._reuse and keep == len(prompt_ids) == len(self._ids) and self._cache is not None:
             self._reused = keep
             return EncodeStats(len(prompt_ids), keep, 0)
         # Re-encode at least the last token: the decoder needs the cache to end at the prompt's end.
-        keep = min(keep, len(prompt_ids) - 1)
+        keep = min(keep, len(prompt_ids) - (1 if encoder is None else 2))
+        if encoder is not None and keep == 1:
+            keep = 0
         if keep > 0 and self._reuse and self._cache is not None:
             cache = self._cache
-            self._crop(cache, keep)
+            self._crop(cache, keep, contiguous=encoder is not None)
         else:
             keep = 0
             cache = self._new_cache()
         self._cache, self._view, self._ids = cache, None, []  # invalid until the encode completes
         tail = torch.tensor([list(prompt_ids[keep:])], dtype=torch.long, device=self._model.device)
         positions = torch.arange(keep, len(prompt_ids), device=self._model.device)[None, :]
-        self._model.model.encoder(input_ids=tail, past_key_values=cache, position_ids=positions)
+        run = self._model.model.encoder if encoder is None else encoder
+        run(input_ids=tail, past_key_values=cache, position_ids=positions)
         self._ids, self._reused = list(prompt_ids), keep
         return EncodeStats(len(prompt_ids), keep, len(prompt_ids) - keep)

@@ -26,7 +26,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -63,6 +63,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     self_conditioning_prob: float = 0.5
     min_noise: float = 0.02
+    #: Share of examples noised the way the sampler leaves a canvas (see :func:`draw_noise`).
+    sampler_noise_share: float = 0.5
     seed: int = 0
     #: Weight of the encoder's next-token loss (0 = off).
     lm_weight: float = 0.5
@@ -86,12 +88,15 @@ class Batch:
     #: Which prompt positions are scored by the next-token loss (target is ``prompt[:, 1:]``).
     lm_mask: torch.Tensor
     tokens: int
+    #: ``(batch, canvas)`` bool: the middle and its first ``<eom>`` (the rest is ``<eom>`` padding).
+    middle_region: torch.Tensor
 
     def to(self, device: torch.device) -> Batch:
         """The same batch with its tensors on ``device``."""
         return Batch(
             self.prompt.to(device), self.prompt_mask.to(device), self.canvas.to(device), self.positions.to(device),
             self.decoder_mask.to(device), self.canvas_weight.to(device), self.lm_mask.to(device), self.tokens,
+            self.middle_region.to(device),
         )
 
 
@@ -111,11 +116,12 @@ def collate(examples: list[Example], layout: LayoutTokens, eom_weight: float = 1
     tokens = int(mask.sum()) + canvas.numel()
     index = torch.arange(canvas.shape[1])[None, :]
     middle = torch.tensor([[e.middle_tokens] for e in examples])
-    canvas_weight = torch.where(index <= middle, 1.0, eom_weight)
+    middle_region = index <= middle
+    canvas_weight = torch.where(middle_region, 1.0, eom_weight)
     markers = torch.tensor(sorted({layout.bos, layout.fim_prefix, layout.fim_suffix, layout.fim_middle, pad}))
     targets = prompt[:, 1:]
     lm_mask = mask[:, 1:] & ~torch.isin(targets, markers)
-    return Batch(prompt, mask, canvas, positions, decoder_mask, canvas_weight, lm_mask, tokens)
+    return Batch(prompt, mask, canvas, positions, decoder_mask, canvas_weight, lm_mask, tokens, middle_region)
 
 
 def batches(stream: Iterator[Example], batch_size: int) -> Iterator[list[Example]]:
@@ -160,14 +166,46 @@ class Noise:
     sc_temperature: torch.Tensor
 
 
-def draw_noise(canvas: torch.Tensor, vocab_size: int, config: TrainConfig, generator: torch.Generator) -> Noise:
-    """A random noise level per example, DiffusionGemma's uniform renoising, and the self-conditioning draws."""
+def draw_noise(
+    canvas: torch.Tensor,
+    vocab_size: int,
+    config: TrainConfig,
+    generator: torch.Generator,
+    middle_region: torch.Tensor | None = None,
+) -> Noise:
+    """A random noise level per example, DiffusionGemma's uniform renoising, and the self-conditioning draws.
+
+    With ``middle_region`` given, a ``config.sampler_noise_share`` of the examples is noised the
+    way the entropy-bound sampler leaves a canvas: it accepts the confident ``<eom>`` padding
+    first, so while the middle is still mostly random tokens the padding after it is already
+    clean. Those examples keep their level ``t`` on the middle and its first ``<eom>`` and get a
+    lower one, uniform in ``[0, t)``, on the padding. With iid noise only, a clean padding means
+    a clean canvas, and a model trained so copies the sampler's random tokens into its answer.
+    """
     n, device = canvas.shape[0], canvas.device
     level = config.min_noise + (1 - config.min_noise) * torch.rand(n, generator=generator, device=device)
-    noisy = renoise(canvas, level, vocab_size, generator)
+    per_position = level[:, None].expand(canvas.shape)
+    if middle_region is not None and config.sampler_noise_share > 0:
+        sampler_like = torch.rand(n, generator=generator, device=device) < config.sampler_noise_share
+        tail_level = level * torch.rand(n, generator=generator, device=device)
+        per_position = torch.where(sampler_like[:, None] & ~middle_region, tail_level[:, None], per_position)
+    noisy = renoise(canvas, per_position, vocab_size, generator)
     use_sc = torch.rand(n, generator=generator, device=device) < config.self_conditioning_prob
     sc_temperature = 0.4 + 0.4 * torch.rand(n, 1, 1, generator=generator, device=device)
     return Noise(noisy, use_sc, sc_temperature)
+
+
+def sampler_state_noise(batch: Batch, vocab_size: int, generator: torch.Generator) -> Noise:
+    """The canvas right after the sampler accepted the padding: middle (and first ``<eom>``) all random, padding clean.
+
+    No self-conditioning (the first steps' state); held-out loss on it says how well the model
+    writes a middle from nothing instead of copying the random tokens in front of it.
+    """
+    canvas = batch.canvas
+    random_ids = torch.randint(0, vocab_size, canvas.shape, generator=generator, device=canvas.device)
+    noisy = torch.where(batch.middle_region, random_ids, canvas)
+    n = canvas.shape[0]
+    return Noise(noisy, torch.zeros(n, dtype=torch.bool, device=canvas.device), torch.ones(n, 1, 1, device=canvas.device))
 
 
 #: ``(total, canvas, middle, lm)`` losses as tensors (nothing read back to the host).
@@ -236,10 +274,12 @@ def diffusion_loss(
     config: TrainConfig,
     generator: torch.Generator,
     terms: TermsFunction = loss_terms,
+    noise: Noise | None = None,
 ) -> Losses:
-    """Weighted cross-entropy of the clean canvas given a renoised one, plus the encoder's next-token loss."""
+    """Weighted cross-entropy of the clean canvas given a renoised one (``noise``, else drawn), plus the encoder's next-token loss."""
     batch = batch.to(model.device)
-    noise = draw_noise(batch.canvas, vocab_size, config, generator)
+    if noise is None:
+        noise = draw_noise(batch.canvas, vocab_size, config, generator, batch.middle_region)
     total, canvas, middle, lm = terms(model, batch, noise, config.lm_weight, config.self_conditioning_prob > 0)
     return Losses(total=total, canvas=float(canvas), middle=float(middle), lm=float(lm))
 
@@ -272,16 +312,25 @@ def save_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
 def evaluate(
     model: DiffusionGemmaForBlockDiffusion, held_out: list[Batch], config: TrainConfig, autocast: bool = False
 ) -> dict[str, float]:
-    """Mean losses on fixed held-out batches (fixed noise seed): canvas (weighted), middle-only and LM."""
+    """Mean losses on fixed held-out batches (fixed noise seed): canvas (weighted), middle-only and LM.
+
+    ``middle`` uses iid noise whatever ``config.sampler_noise_share`` says, so that runs stay
+    comparable; ``sampler_middle`` is the middle loss in :func:`sampler_state_noise`'s state.
+    """
     model.train(False)
     generator = torch.Generator(device=model.device).manual_seed(1234)
-    sums = {"canvas": 0.0, "middle": 0.0, "lm": 0.0}
+    state_generator = torch.Generator(device=model.device).manual_seed(4321)
+    iid = replace(config, sampler_noise_share=0.0)
+    vocab = vocab_size(model)
+    sums = {"canvas": 0.0, "middle": 0.0, "lm": 0.0, "sampler_middle": 0.0}
     with torch.no_grad(), torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=autocast):
         for batch in held_out:
-            losses = diffusion_loss(model, batch, vocab_size(model), config, generator)
+            losses = diffusion_loss(model, batch, vocab, iid, generator)
             sums["canvas"] += losses.canvas
             sums["middle"] += losses.middle
             sums["lm"] += losses.lm
+            state = sampler_state_noise(batch.to(model.device), vocab, state_generator)
+            sums["sampler_middle"] += diffusion_loss(model, batch, vocab, iid, generator, noise=state).middle
     model.train()
     return {key: value / max(1, len(held_out)) for key, value in sums.items()}
 
@@ -328,6 +377,7 @@ def train(args: argparse.Namespace) -> Path:
         lm_weight=args.lm_weight,
         eom_weight=args.eom_weight,
         editor_line_share=args.editor_line_share,
+        sampler_noise_share=args.sampler_noise_share,
     )
     torch.manual_seed(config.seed)
     if args.threads:
@@ -401,7 +451,10 @@ def train(args: argparse.Namespace) -> Path:
             print(f"step {step}: loss middle {losses.middle:.3f} lm {losses.lm:.3f} ({rate:.0f} tok/s)", flush=True)
         if step % args.eval_every == 0:
             record |= {f"eval_{k}": v for k, v in evaluate(model, held_out, config, autocast).items()}
-            line = f"step {step}: eval middle {record['eval_middle']:.3f} lm {record['eval_lm']:.3f} ({rate:.0f} tok/s)"
+            line = (
+                f"step {step}: eval middle {record['eval_middle']:.3f} sampler-state middle"
+                f" {record['eval_sampler_middle']:.3f} lm {record['eval_lm']:.3f} ({rate:.0f} tok/s)"
+            )
             bar.write(line) if not args.no_progress else print(line, flush=True)
         history.append(record)
         if time.monotonic() - last_save > args.save_minutes * 60:
@@ -471,6 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lm-weight", type=float, default=0.5, help="weight of the encoder next-token loss (0 = off)")
     parser.add_argument("--eom-weight", type=float, default=0.1, help="loss weight of <eom> padding after the first")
     parser.add_argument("--editor-line-share", type=float, default=0.35, help="share of whole-line (new line) holes")
+    parser.add_argument(
+        "--sampler-noise-share", type=float, default=0.5,
+        help="share of examples with the sampler's noise (padding cleaner than the middle; 0 = iid noise only)",
+    )
     parser.add_argument("--init-from", type=Path, default=None, help="warm start from this model directory")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (always on for CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the loss step (fixed prompt width, one graph per canvas length)")

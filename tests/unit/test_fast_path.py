@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from dg_lsp.canvas import CANVAS_LENGTHS, HoleKind
-from dg_lsp.engine.compiled_step import compile_cache_dir, should_compile
+from dg_lsp.engine import compiled_step
+from dg_lsp.engine.compiled_step import StepFunctions, compile_cache_dir, should_compile
 from dg_lsp.engine.denoiser import CanvasSpec, DenoiseOutcome, Draft, denoise
 from dg_lsp.engine.engine import Engine, InfillRequest
 from dg_lsp.engine.fast_path import FastDenoiser, FastPathSettings
-from dg_lsp.engine.prompt_cache import PromptCache
+from dg_lsp.engine.prompt_cache import PromptCache, cache_layers, layer_tensors
 from dg_lsp.engine.sampler import SamplerSettings
 from dg_lsp.engine.static_cache import BUCKET, StaticPromptKV, context_bucket
 from dg_lsp.model.loader import LoadedModel, load_model
@@ -194,6 +195,30 @@ def test_compiled_step_gives_the_eager_canvas(loaded: LoadedModel, monkeypatch: 
         assert quick.canvas == eager.canvas
         assert quick.steps == eager.steps
     assert (tmp_path / "inductor").is_dir()
+
+
+@pytest.mark.skipif(
+    os.environ.get("DG_LSP_TEST_COMPILE") != "1",
+    reason="compiling the encoder takes minutes on a 2-core CPU: set DG_LSP_TEST_COMPILE=1",
+)
+def test_compiled_prompt_encoder_writes_the_eager_cache(
+    loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(compiled_step, "ENCODER_STANCE", "fail_on_recompile")  # prove the two warm graphs suffice
+    steps = StepFunctions(loaded.model, True)
+    assert steps.prompt_encoder() is None  # not before its warm-up
+    steps.warm_encoder()
+    encoder = steps.prompt_encoder()
+    assert encoder is not None
+    fresh, compiled = PromptCache(loaded.model), PromptCache(loaded.model)
+    # a fresh prompt, a typed tail, a longer prompt reusing a prefix, a different start: no new graph needed
+    for ids in (prompt(0, 40), prompt(0, 40)[:-1] + [9], prompt(0, 70), prompt(3, 55)):
+        fresh.encode(ids)
+        compiled.encode(ids, encoder=encoder)
+        for mine, theirs in zip(cache_layers(compiled.full_cache), cache_layers(fresh.full_cache), strict=True):
+            for a, b in zip(layer_tensors(mine), layer_tensors(theirs), strict=True):
+                assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
 
 
 def test_server_settings_for_the_fast_path() -> None:

@@ -201,3 +201,26 @@ def test_fresh_cache_matches_the_transformers_path(loaded: LoadedModel, canvas: 
     prompt = _prompt(loaded, "def add(a, b):\n    return ")
     reference = _windowed_fresh(loaded.model, prompt, canvas)
     assert torch.allclose(_fresh_logits(loaded, prompt, canvas), reference, atol=1e-5)
+
+
+def test_a_replacement_encoder_never_sees_one_token_tails_or_one_state_pasts(loaded: LoadedModel, canvas: torch.Tensor) -> None:
+    """What a compiled encoder is given: sizes it would specialize on (1) are avoided, the answer is the same."""
+    calls: list[tuple[int, int]] = []
+    encoder = loaded.model.model.encoder
+
+    def recording(**kwargs: object) -> object:
+        positions = kwargs["position_ids"]
+        assert isinstance(positions, torch.Tensor)
+        calls.append((int(positions[0, 0]), positions.shape[1]))  # (past states, tail tokens)
+        return encoder(**kwargs)
+
+    base = _prompt(loaded, "def total(xs):\n    total = 0\n    for x in xs:\n        total += x")
+    typed = base[:-1] + [base[-1] + 1]  # the last token changed: the eager path re-encodes one token
+    other_start = base[:1] + [base[1] + 1] + base[2:]  # only <bos> in common: the eager path keeps one state
+    cache = PromptCache(loaded.model)
+    for prompt in (base, typed, other_start):
+        stats = cache.encode(prompt, encoder=recording)
+        assert stats.reused_tokens + stats.encoded_tokens == len(prompt)
+        incremental = _decoder_logits(loaded.model, cache.cache, len(prompt), canvas)
+        assert torch.allclose(incremental, _fresh_logits(loaded, prompt, canvas), atol=1e-5)
+    assert calls == [(0, len(base)), (len(base) - 2, 2), (0, len(other_start))]

@@ -103,6 +103,45 @@ def test_collate_weights_padding_after_the_first_end_of_middle(tokenizer: Tokeni
         assert int(batch.lm_mask[row].sum()) > 0
 
 
+def _replaced(share: float, batch: T.Batch, draws: int = 200) -> tuple[float, float]:
+    """Share of middle-region and of padding positions that ``draw_noise`` replaced, over many draws."""
+    config = T.TrainConfig(geometry="tiny", sampler_noise_share=share, min_noise=0.0)
+    generator = torch.Generator().manual_seed(7)
+    middle = tail = 0.0
+    for _ in range(draws):
+        noisy = T.draw_noise(batch.canvas, 50_000, config, generator, batch.middle_region).noisy
+        changed = (noisy != batch.canvas).float()
+        middle += float(changed[batch.middle_region].mean())
+        tail += float(changed[~batch.middle_region].mean())
+    return middle / draws, tail / draws
+
+
+def test_sampler_noise_leaves_the_padding_cleaner_than_the_middle(tokenizer: Tokenizer) -> None:
+    """The sampler accepts the padding first: some training canvases look like that, iid noise looks like nothing else."""
+    layout = resolve_layout_tokens(tokenizer.get_vocab(with_added_tokens=True))
+    batch = T.collate(next(T.batches(iter(_examples(tokenizer, 40)), 4)), layout, eom_weight=0.1)
+    assert bool(batch.middle_region.any()) and bool((~batch.middle_region).any())
+    iid_middle, iid_tail = _replaced(0.0, batch)
+    assert iid_middle == pytest.approx(0.5, abs=0.05) and iid_tail == pytest.approx(0.5, abs=0.05)
+    sampler_middle, sampler_tail = _replaced(1.0, batch)
+    assert sampler_middle == pytest.approx(0.5, abs=0.05)  # the middle keeps its level t ~ U(0, 1)
+    assert sampler_tail == pytest.approx(0.25, abs=0.05)  # the padding gets U(0, t): a quarter on average
+    # iid noise with the same seed is what it was before the sampler share existed
+    config = T.TrainConfig(geometry="tiny", sampler_noise_share=0.0)
+    with_region = T.draw_noise(batch.canvas, 1000, config, torch.Generator().manual_seed(1), batch.middle_region)
+    without = T.draw_noise(batch.canvas, 1000, config, torch.Generator().manual_seed(1))
+    assert torch.equal(with_region.noisy, without.noisy)
+
+
+def test_sampler_state_randomizes_the_middle_and_keeps_the_padding(tokenizer: Tokenizer) -> None:
+    layout = resolve_layout_tokens(tokenizer.get_vocab(with_added_tokens=True))
+    batch = T.collate(next(T.batches(iter(_examples(tokenizer, 40)), 4)), layout, eom_weight=0.1)
+    state = T.sampler_state_noise(batch, 50_000, torch.Generator().manual_seed(0))
+    assert torch.equal(state.noisy[~batch.middle_region], batch.canvas[~batch.middle_region])
+    assert float((state.noisy != batch.canvas)[batch.middle_region].float().mean()) > 0.95
+    assert not bool(state.use_sc.any())
+
+
 def test_encoder_next_token_loss_matches_a_manual_computation(tiny_model_dir: Path, tokenizer: Tokenizer) -> None:
     from transformers import DiffusionGemmaForBlockDiffusion
 
@@ -188,6 +227,7 @@ def test_tiny_run_warm_starts_resumes_stops_on_request_and_exports(tiny_model_di
     assert summary["steps"] == 3 and summary["tokens"] > 0 and summary["init_from"] == str(tiny_model_dir)
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert "eval_middle" in history[0] and "eval_lm" in history[-1]
+    assert history[0]["eval_sampler_middle"] > 0 and "eval_sampler_middle" in history[-1]
     assert (export / "model.safetensors").exists() and json.loads((export / "dg_lsp.json").read_text())["steps"] == 3
     # resume: continues from step 3 to the new schedule's end
     T.train(T.build_parser().parse_args([*argv[:-6], "--total-steps", "5", *argv[-6:]]))
