@@ -47,6 +47,12 @@ def plot_loss_curves(history: list[dict[str, Any]], out: Path, tokens_before: in
         xs = [(tokens_before + r["tokens"]) / 1e6 for r in evals]
         ax.plot(xs, [r["eval_middle"] for r in evals], "o-", color="tab:blue", label="held-out: middle + first <eom>")
         ax.plot(xs, [r["eval_lm"] for r in evals], "s-", color="tab:orange", label="held-out: encoder next-token")
+        sampler = [r for r in evals if "eval_sampler_middle" in r]
+        if sampler:
+            ax.plot(
+                [(tokens_before + r["tokens"]) / 1e6 for r in sampler], [r["eval_sampler_middle"] for r in sampler],
+                "^-", color="tab:green", label="held-out: middle in the sampler's state (random middle, clean padding)",
+            )
     ax.set_xlabel("tokens seen (millions, context + canvas, incl. the warm start's)")
     ax.set_ylabel("cross-entropy (nats)")
     ax.set_title("dg-code-small training", fontsize=9)

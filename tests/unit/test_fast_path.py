@@ -219,6 +219,16 @@ def test_compiled_prompt_encoder_writes_the_eager_cache(
         for mine, theirs in zip(cache_layers(compiled.full_cache), cache_layers(fresh.full_cache), strict=True):
             for a, b in zip(layer_tensors(mine), layer_tensors(theirs), strict=True):
                 assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
+    # a size no warm-up saw (a one-token prompt) runs eagerly under the serving stance: no new graph
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(compiled_step, "ENCODER_STANCE", "eager_on_recompile")
+    graphs = counters["stats"]["unique_graphs"]
+    single = PromptCache(loaded.model)
+    single.encode([11], encoder=encoder)
+    fresh.encode([11])
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert torch.allclose(layer_tensors(cache_layers(single.full_cache)[0])[0], layer_tensors(cache_layers(fresh.full_cache)[0])[0], atol=1e-4)
 
 
 def test_server_settings_for_the_fast_path() -> None:
