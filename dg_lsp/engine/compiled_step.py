@@ -214,18 +214,25 @@ class StepFunctions:
         self._encoder: Callable[..., Any] | None = (
             torch.compile(model.model.encoder, dynamic=True) if compile_step and model.device.type == "cpu" else None
         )
-        self._encoder_warm = False
+        #: The compiled encoder under the serving stance, once :meth:`warm_encoder` compiled it.
+        self._warm_encoder: Callable[..., Any] | None = None
 
     def warm_encoder(self) -> None:
         """Compile the prompt encoder's two graphs (a fresh prompt, then one reusing a prefix) on a private cache."""
-        if self._encoder is None or self._encoder_warm:
+        encoder = self._encoder
+        if encoder is None or self._warm_encoder is not None:
             return
         vocab = int(text_config(self._model).vocab_size)
         first = [(7 + 13 * i) % vocab for i in range(24)]
         cache = PromptCache(self._model)
-        cache.encode(first, encoder=self._encoder)
-        cache.encode(first[:16] + [(5 + 11 * i) % vocab for i in range(12)], encoder=self._encoder)
-        self._encoder_warm = True
+        cache.encode(first, encoder=encoder)
+        cache.encode(first[:16] + [(5 + 11 * i) % vocab for i in range(12)], encoder=encoder)
+
+        def encode(**kwargs: Any) -> Any:
+            with torch.compiler.set_stance(ENCODER_STANCE):
+                return encoder(**kwargs)
+
+        self._warm_encoder = encode
 
     def prompt_encoder(self) -> Callable[..., Any] | None:
         """The compiled prompt encoder once :meth:`warm_encoder` ran (None: use the model's own).
@@ -233,15 +240,7 @@ class StepFunctions:
         It runs under dynamo's ``eager_on_recompile`` stance: a size or state no warm-up saw runs
         eagerly for that request instead of stalling it behind a minutes-long recompile.
         """
-        if self._encoder is None or not self._encoder_warm:
-            return None
-        encoder = self._encoder
-
-        def encode(**kwargs: Any) -> Any:
-            with torch.compiler.set_stance(ENCODER_STANCE):
-                return encoder(**kwargs)
-
-        return encode
+        return self._warm_encoder
 
     def begin_step(self) -> None:
         """Mark a new step for CUDA graph trees (outputs of earlier replays may be overwritten after this)."""

@@ -202,8 +202,7 @@ def sampler_state_noise(batch: Batch, vocab_size: int, generator: torch.Generato
     writes a middle from nothing instead of copying the random tokens in front of it.
     """
     canvas = batch.canvas
-    random_ids = torch.randint(0, vocab_size, canvas.shape, generator=generator, device=canvas.device)
-    noisy = torch.where(batch.middle_region, random_ids, canvas)
+    noisy = renoise(canvas, batch.middle_region.to(torch.float32), vocab_size, generator)
     n = canvas.shape[0]
     return Noise(noisy, torch.zeros(n, dtype=torch.bool, device=canvas.device), torch.ones(n, 1, 1, device=canvas.device))
 
