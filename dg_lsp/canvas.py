@@ -210,14 +210,32 @@ def middle_from_canvas(tokens: CanvasMarkers, canvas_ids: Sequence[int]) -> tupl
     return out, False
 
 
+def noise_ids(
+    shape: tuple[int, ...] | torch.Size,
+    vocab_size: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+    noise_id: int | None = None,
+) -> torch.Tensor:
+    """The tokens a noised position holds: uniform over the vocabulary, or ``noise_id`` everywhere (absorbing noise).
+
+    DiffusionGemma renoises with random tokens; a checkpoint trained with an absorbing noise
+    token (``dg_lsp.json``'s ``noise_token``) gets that token instead, and no random draw is made.
+    """
+    if noise_id is None:
+        return torch.randint(0, vocab_size, tuple(shape), generator=generator, device=device)
+    return torch.full(tuple(shape), noise_id, dtype=torch.long, device=device)
+
+
 def renoise(
     canvas: torch.Tensor,
     noise_level: torch.Tensor | float,
     vocab_size: int,
     generator: torch.Generator | None = None,
     keep: torch.Tensor | None = None,
+    noise_id: int | None = None,
 ) -> torch.Tensor:
-    """DiffusionGemma's uniform-token noise: replace each token with prob. ``noise_level``.
+    """Replace each token with prob. ``noise_level`` by noise (:func:`noise_ids`: uniform, or ``noise_id``).
 
     ``canvas`` is ``(batch, length)``; ``noise_level`` a float or a ``(batch,)`` tensor;
     positions where ``keep`` is true are never replaced (pinned tokens).
@@ -229,5 +247,5 @@ def renoise(
     replace = draws < level
     if keep is not None:
         replace &= ~keep
-    random_ids = torch.randint(0, vocab_size, canvas.shape, generator=generator, device=canvas.device)
-    return torch.where(replace, random_ids, canvas)
+    noise = noise_ids(canvas.shape, vocab_size, generator, canvas.device, noise_id)
+    return torch.where(replace, noise, canvas)

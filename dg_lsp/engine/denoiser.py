@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
-from dg_lsp.canvas import renoise
+from dg_lsp.canvas import noise_ids, renoise
 from dg_lsp.model.typing import vocab_size
 from dg_lsp.engine.sampler import SamplerSettings, StableAndConfident, denoise_step
 
@@ -34,6 +34,8 @@ class CanvasSpec:
     seed_noise: float = 1.0
     #: Positions whose token is fixed to ``seed_ids`` and never resampled.
     pinned: list[bool] | None = None
+    #: The model's absorbing noise token (None: DiffusionGemma's uniform random tokens).
+    noise_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class DenoiseOutcome:
 def _start_canvas(
     spec: CanvasSpec, vocab_size: int, generator: torch.Generator, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    noise = torch.randint(0, vocab_size, (1, spec.length), generator=generator, device=device)
+    noise = noise_ids((1, spec.length), vocab_size, generator, device, spec.noise_id)
     if spec.seed_ids is None:
         return noise, None, None
     seed = torch.tensor([spec.seed_ids[: spec.length]], dtype=torch.long, device=device)
@@ -69,7 +71,7 @@ def _start_canvas(
     if spec.pinned is not None:
         pins = (spec.pinned + [False] * spec.length)[: spec.length]
         pinned = torch.tensor([pins], dtype=torch.bool, device=device)
-    start = renoise(seed, spec.seed_noise, vocab_size, generator, keep=pinned)
+    start = renoise(seed, spec.seed_noise, vocab_size, generator, keep=pinned, noise_id=spec.noise_id)
     return start, pinned, (seed if pinned is not None else None)
 
 
@@ -138,6 +140,7 @@ class CanvasRow:
             generator=self.generator,
             pinned=self.pinned,
             pinned_ids=self.pinned_ids,
+            noise_id=self.spec.noise_id,
         )
         self.canvas, self.argmax = result.next_canvas, result.argmax_canvas
         self.self_conditioning = result.logits.to(embed_dtype)

@@ -284,6 +284,7 @@ class Engine:
             length=length,
             seed_ids=canvas_target(layout, seed_ids, length) if seed_ids is not None else None,
             seed_noise=request.seed_noise,
+            noise_id=self.loaded.noise_id,
         )
         settings = steps_for_canvas(request.settings, length, self.loaded.canvas_length)
         return PreparedInfill(request=request, prompt=self.prompt_ids(request), spec=spec, settings=settings)

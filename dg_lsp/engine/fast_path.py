@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
+from dg_lsp.canvas import noise_ids
 from dg_lsp.engine.background_compile import BackgroundCompile, CompileState
 from dg_lsp.engine.compiled_step import StepFunctions, compile_plan, step_functions
 from dg_lsp.engine.denoiser import CanvasSpec, Cancelled, DenoiseOutcome, Draft, _start_canvas, embedding_dtype
@@ -238,6 +239,7 @@ class FastDenoiser:
                 device=device,
             ),
             drafts=on_draft is not None,
+            noise_id=spec.noise_id,
         )
         canvas, pinned, pinned_ids = _start_canvas(spec, self._vocab, request.generator, device)
         request.conditioned = torch.ones(1, dtype=torch.bool, device=device)
@@ -298,7 +300,7 @@ class FastDenoiser:
             proposal = argmax
         else:  # the eager sampler's draw, from the same generator in the same order
             proposal = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(argmax.shape)
-        noise = torch.randint(0, self._vocab, state.canvas.shape, generator=generator, device=self.device)
+        noise = noise_ids(state.canvas.shape, self._vocab, generator, self.device, request.noise_id)
         canvas, argmax, run, stop = self.steps.accept_and_stop(
             entropy, argmax, proposal, noise, request.pinned, request.pinned_ids, state.argmax, state.run,
             settings.entropy_bound, settings.stability_threshold, settings.confidence_threshold,
@@ -329,6 +331,8 @@ class _Request:
     generator: torch.Generator
     temperatures: torch.Tensor
     drafts: bool
+    #: The model's absorbing noise token (None: uniform random tokens).
+    noise_id: int | None = None
     conditioned: torch.Tensor = field(default_factory=lambda: torch.ones(1, dtype=torch.bool))
     unconditioned: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.bool))
     pinned: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))

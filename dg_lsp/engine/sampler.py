@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dg_lsp.canvas import noise_ids
+
 
 @dataclass(frozen=True)
 class SamplerSettings:
@@ -60,11 +62,13 @@ def denoise_step(
     generator: torch.Generator,
     pinned: torch.Tensor | None,
     pinned_ids: torch.Tensor | None,
+    noise_id: int | None = None,
 ) -> StepResult:
     """Select, accept and renoise canvas tokens from one decoder output.
 
     ``raw_logits`` is ``(batch, length, vocab)`` float32; ``pinned`` a bool mask of positions
-    whose tokens stay ``pinned_ids`` whatever the model says.
+    whose tokens stay ``pinned_ids`` whatever the model says; rejected positions get fresh
+    noise (:func:`~dg_lsp.canvas.noise_ids`: uniform, or ``noise_id`` for an absorbing-noise model).
     """
     logits = raw_logits / temperature(settings, remaining)
     log_probs = torch.log_softmax(logits, dim=-1)
@@ -83,7 +87,7 @@ def denoise_step(
     accepted = entropy_bound_accept(entropy, settings.entropy_bound)
     if pinned is not None:
         accepted |= pinned
-    noise = torch.randint(0, vocab_size, current.shape, generator=generator, device=current.device)
+    noise = noise_ids(current.shape, vocab_size, generator, current.device, noise_id)
     next_canvas = torch.where(accepted, proposal, noise)
     return StepResult(
         next_canvas=next_canvas,

@@ -48,6 +48,8 @@ class LoadedModel:
     context_tokens: int | None = None
     #: Weight quantization: none, fp8 or int8.
     quantize: str = "none"
+    #: The absorbing noise token the model was trained with (None: DiffusionGemma's uniform random tokens).
+    noise_id: int | None = None
 
     @property
     def layout(self) -> LayoutTokens | None:
@@ -155,6 +157,7 @@ def load_model(
         prompting = read_prompt_facts(path, tokenizer.get_vocab(with_added_tokens=True), config)
     except ValueError as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
+    noise_id = _noise_token_id(path, tokenizer)
     try:
         model_config = load_config(path)
     except Exception as exc:  # transformers validates fields with many exception types
@@ -185,6 +188,7 @@ def load_model(
         parameters=parameters,
         context_tokens=context_tokens,
         quantize=mode,
+        noise_id=noise_id,
     )
 
 
@@ -192,11 +196,29 @@ def load_model(
 TRAINING_FACTS = "dg_lsp.json"
 
 
-def _trained_context(path: Path) -> int | None:
-    """The context budget recorded in ``dg_lsp.json`` (absent or unreadable: None)."""
+def _training_facts(path: Path) -> dict[str, Any]:
+    """``dg_lsp.json`` as a dict (absent or unreadable: empty)."""
     try:
         facts = json.loads((path / TRAINING_FACTS).read_text(encoding="utf-8"))
-        value = facts.get("context_tokens")
-    except (OSError, ValueError, AttributeError):
-        return None
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
+
+
+def _trained_context(path: Path) -> int | None:
+    """The context budget recorded in ``dg_lsp.json`` (absent or unreadable: None)."""
+    value = _training_facts(path).get("context_tokens")
     return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _noise_token_id(path: Path, tokenizer: Tokenizer) -> int | None:
+    """The id of ``dg_lsp.json``'s ``noise_token`` (absent: None, uniform noise); raises :class:`ModelLoadError` if unusable."""
+    name = _training_facts(path).get("noise_token")
+    if name is None:
+        return None
+    token_id = tokenizer.token_to_id(name) if isinstance(name, str) else None
+    if token_id is None:
+        raise ModelLoadError(
+            f"{path / TRAINING_FACTS}: noise_token {name!r} is not a token of {path / 'tokenizer.json'}"
+        )
+    return int(token_id)

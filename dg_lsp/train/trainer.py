@@ -72,6 +72,8 @@ class TrainConfig:
     eom_weight: float = 0.1
     #: Share of holes in the editor's new-line layout (whole lines with their indentation).
     editor_line_share: float = 0.35
+    #: Absorbing noise: the token id every noised position holds (None: DiffusionGemma's uniform random tokens).
+    noise_id: int | None = None
 
 
 @dataclass
@@ -189,20 +191,22 @@ def draw_noise(
         sampler_like = torch.rand(n, generator=generator, device=device) < config.sampler_noise_share
         tail_level = level * torch.rand(n, generator=generator, device=device)
         per_position = torch.where(sampler_like[:, None] & ~middle_region, tail_level[:, None], per_position)
-    noisy = renoise(canvas, per_position, vocab_size, generator)
+    noisy = renoise(canvas, per_position, vocab_size, generator, noise_id=config.noise_id)
     use_sc = torch.rand(n, generator=generator, device=device) < config.self_conditioning_prob
     sc_temperature = 0.4 + 0.4 * torch.rand(n, 1, 1, generator=generator, device=device)
     return Noise(noisy, use_sc, sc_temperature)
 
 
-def sampler_state_noise(batch: Batch, vocab_size: int, generator: torch.Generator) -> Noise:
+def sampler_state_noise(
+    batch: Batch, vocab_size: int, generator: torch.Generator, noise_id: int | None = None
+) -> Noise:
     """The canvas right after the sampler accepted the padding: middle (and first ``<eom>``) all random, padding clean.
 
     No self-conditioning (the first steps' state); held-out loss on it says how well the model
     writes a middle from nothing instead of copying the random tokens in front of it.
     """
     canvas = batch.canvas
-    noisy = renoise(canvas, batch.middle_region.to(torch.float32), vocab_size, generator)
+    noisy = renoise(canvas, batch.middle_region.to(torch.float32), vocab_size, generator, noise_id=noise_id)
     n = canvas.shape[0]
     return Noise(noisy, torch.zeros(n, dtype=torch.bool, device=canvas.device), torch.ones(n, 1, 1, device=canvas.device))
 
@@ -328,7 +332,7 @@ def evaluate(
             sums["canvas"] += losses.canvas
             sums["middle"] += losses.middle
             sums["lm"] += losses.lm
-            state = sampler_state_noise(batch.to(model.device), vocab, state_generator)
+            state = sampler_state_noise(batch.to(model.device), vocab, state_generator, config.noise_id)
             sums["sampler_middle"] += diffusion_loss(model, batch, vocab, iid, generator, noise=state).middle
     model.train()
     return {key: value / max(1, len(held_out)) for key, value in sums.items()}
@@ -349,8 +353,41 @@ def export_model(model: DiffusionGemmaForBlockDiffusion, tokenizer_dir: Path, ex
     copy.load_state_dict(model.state_dict())
     copy.train(False)
     save_checkpoint(copy.bfloat16(), tokenizer_dir, export)
-    facts = {"context_tokens": config.context_tokens, "max_canvas": config.max_canvas, "steps": step, "tokens": tokens}
+    facts: dict[str, Any] = {
+        "context_tokens": config.context_tokens, "max_canvas": config.max_canvas, "steps": step, "tokens": tokens,
+    }
+    if config.noise_id is not None:
+        facts["noise_token"] = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).id_to_token(config.noise_id)
     (export / TRAINING_FACTS).write_text(json.dumps(facts, indent=2) + "\n")
+
+
+def noise_token_id(tokenizer: Tokenizer, name: str | None) -> int | None:
+    """The id of the absorbing noise token ``name`` (None: uniform noise); raises ValueError if the vocabulary lacks it."""
+    if name is None:
+        return None
+    token_id = tokenizer.token_to_id(name)
+    if token_id is None:
+        raise ValueError(f"--noise-token {name!r} is not a token of the tokenizer")
+    return int(token_id)
+
+
+def recorded_noise_token(model_dir: Path) -> str | None:
+    """The ``noise_token`` a model directory's ``dg_lsp.json`` records (None: uniform noise, or no record)."""
+    try:
+        facts = json.loads((model_dir / TRAINING_FACTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = facts.get("noise_token") if isinstance(facts, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def chosen_noise_token(args: argparse.Namespace) -> str | None:
+    """``--noise-token``; else the one the run being resumed, or the warm-start model, was trained with."""
+    if args.noise_token is not None:
+        return str(args.noise_token)
+    if args.resume and _state_path(args.out).exists():
+        return recorded_noise_token(args.out / "model")
+    return recorded_noise_token(args.init_from) if args.init_from is not None else None
 
 
 def _stop_requested(out: Path) -> bool:
@@ -377,6 +414,7 @@ def train(args: argparse.Namespace) -> Path:
         eom_weight=args.eom_weight,
         editor_line_share=args.editor_line_share,
         sampler_noise_share=args.sampler_noise_share,
+        noise_id=noise_token_id(tokenizer, chosen_noise_token(args)),
     )
     torch.manual_seed(config.seed)
     if args.threads:
@@ -526,6 +564,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sampler-noise-share", type=float, default=0.5,
         help="share of examples with the sampler's noise (padding cleaner than the middle; 0 = iid noise only)",
+    )
+    parser.add_argument(
+        "--noise-token", default=None,
+        help="absorbing noise: noised canvas positions hold this token (e.g. '<unk>'); default: what the resumed run "
+        "or the --init-from model was trained with, else uniform random tokens",
     )
     parser.add_argument("--init-from", type=Path, default=None, help="warm start from this model directory")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (always on for CUDA)")

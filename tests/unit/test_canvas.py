@@ -16,6 +16,7 @@ from dg_lsp.canvas import (
     encoder_ids,
     layout_overhead,
     middle_from_canvas,
+    noise_ids,
     renoise,
     resolve_layout_tokens,
 )
@@ -264,3 +265,33 @@ def test_renoise_is_deterministic_with_a_seeded_generator() -> None:
     assert not torch.equal(first, other)
     # The input is not modified in place.
     assert torch.equal(canvas, _canvas(batch=2, length=300))
+
+
+def test_absorbing_renoise_puts_the_noise_token_where_it_replaces() -> None:
+    canvas = _canvas(batch=2, length=2000)
+    keep = torch.zeros_like(canvas, dtype=torch.bool)
+    keep[:, ::4] = True
+    out = renoise(canvas, 0.5, VOCAB, _gen(), keep=keep, noise_id=3)
+    assert set(out.unique().tolist()) == {3, 7}
+    assert torch.equal(out[keep], canvas[keep])
+    assert 0.45 < (out[~keep] == 3).float().mean().item() < 0.55
+
+
+def test_absorbing_renoise_chooses_the_same_positions_as_uniform() -> None:
+    """The replace draws come first: both kinds of noise hit the same positions for a seed."""
+    canvas = _canvas(batch=2, length=500)
+    uniform = renoise(canvas, 0.4, VOCAB, _gen(5))
+    absorbing = renoise(canvas, 0.4, VOCAB, _gen(5), noise_id=3)
+    assert torch.equal(absorbing == 3, uniform != canvas)
+
+
+def test_noise_ids_uniform_or_absorbing() -> None:
+    uniform = noise_ids((2, 3000), VOCAB, _gen(1), torch.device("cpu"))
+    assert uniform.dtype == torch.long and uniform.shape == (2, 3000)
+    assert int(uniform.min()) == 0 and int(uniform.max()) == VOCAB - 1
+    assert torch.equal(uniform, torch.randint(0, VOCAB, (2, 3000), generator=_gen(1)))
+    generator = _gen(1)
+    before = generator.get_state()
+    absorbing = noise_ids((2, 3), VOCAB, generator, torch.device("cpu"), noise_id=4)
+    assert absorbing.tolist() == [[4, 4, 4], [4, 4, 4]] and absorbing.dtype == torch.long
+    assert torch.equal(generator.get_state(), before)  # no random draw spent

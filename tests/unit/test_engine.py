@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from dg_lsp.engine.denoiser import CanvasSpec, Cancelled, Draft, _start_canvas, 
 from dg_lsp.engine.engine import Engine, InfillRequest
 from dg_lsp.engine.prompt_cache import PromptCache
 from dg_lsp.engine.sampler import SamplerSettings
-from dg_lsp.model.loader import load_model
+from dg_lsp.model.loader import ModelLoadError, load_model
 
 VOCAB = 512
 STEPS = 3
@@ -310,3 +311,51 @@ def test_a_huge_prompt_is_cut_before_tokenising_with_the_same_ids(engine: Engine
     keep_suffix = 256 // 4 if len(full_prefix) > 256 else 256 - len(full_prefix)
     expected = encoder_ids(engine.loaded.layout, full_prefix[-(256 - keep_suffix):], full_suffix[:keep_suffix], "python")
     assert ids == expected
+
+
+# --- absorbing noise (a checkpoint trained with a noise token) --------------------------------
+
+
+def test_start_canvas_with_a_noise_token_is_all_that_token() -> None:
+    start, _, _ = _start_canvas(CanvasSpec(length=16, noise_id=3), VOCAB, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert start.tolist() == [[3] * 16]
+    seed_ids = list(range(100, 116))
+    pins = [i % 2 == 0 for i in range(16)]
+    spec = CanvasSpec(length=16, seed_ids=seed_ids, seed_noise=1.0, pinned=pins, noise_id=3)
+    start, _, _ = _start_canvas(spec, VOCAB, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert start[0].tolist() == [seed_ids[i] if pins[i] else 3 for i in range(16)]
+
+
+def _with_facts(source: Path, target: Path, facts: str) -> Path:
+    shutil.copytree(source, target)
+    (target / "dg_lsp.json").write_text(facts, encoding="utf-8")
+    return target
+
+
+def test_a_checkpoints_noise_token_reaches_every_noised_canvas_position(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    checkpoint = _with_facts(tiny_model_dir, tmp_path / "absorbing", '{"context_tokens": 256, "noise_token": "<unk>"}')
+    loaded = load_model(checkpoint, "cpu", "float32")
+    unk = loaded.tokenizer.token_to_id("<unk>")
+    assert loaded.noise_id == unk and loaded.context_tokens == 256
+    engine = Engine(loaded)
+    seen: list[list[int]] = []
+    handle = loaded.model.model.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["decoder_input_ids"][0].tolist()), with_kwargs=True
+    )
+    try:
+        engine.infill(replace(REQUEST, settings=SamplerSettings(max_steps=3, entropy_bound=1e-9)))
+    finally:
+        handle.remove()
+    assert seen[0] == [unk] * len(seen[0])  # the first step sees only noise tokens
+    later = [token for canvas in seen[1:] for token in canvas]
+    assert later.count(unk) >= len(later) - 2 * len(seen[1:])  # a tiny bound: about one token accepted per step
+    assert load_model(tiny_model_dir, "cpu", "float32").noise_id is None  # no noise_token: uniform noise
+
+
+@pytest.mark.parametrize("value", ['"<no-such-token>"', "7"])
+def test_an_unknown_noise_token_is_one_clear_load_error(tiny_model_dir: Path, tmp_path: Path, value: str) -> None:
+    checkpoint = _with_facts(tiny_model_dir, tmp_path / "bad", '{"noise_token": ' + value + "}")
+    with pytest.raises(ModelLoadError, match="noise_token .* is not a token of"):
+        load_model(checkpoint, "cpu", "float32")

@@ -96,6 +96,18 @@ def test_seeded_and_pinned_canvas_matches(loaded: LoadedModel) -> None:
     assert all(quick.canvas[i] == seed_ids[i] for i in range(32) if pins[i])
 
 
+@pytest.mark.parametrize("greedy", [True, False])
+def test_absorbing_noise_gives_the_eager_canvas(loaded: LoadedModel, greedy: bool) -> None:
+    fast = FastDenoiser(loaded.model, FastPathSettings(compile="off"))
+    pins = [i % 5 == 0 for i in range(32)]
+    for spec in (CanvasSpec(length=32, noise_id=3), CanvasSpec(length=32, seed_ids=prompt(4, 32), seed_noise=0.5, pinned=pins, noise_id=3)):
+        settings = SamplerSettings(max_steps=5, greedy=greedy)
+        eager, quick, eager_drafts, fast_drafts = both(loaded.model, fast, prompt(7, 60), spec, settings, 7)
+        assert quick.canvas == eager.canvas and fast_drafts == eager_drafts
+        uniform, _, _, _ = both(loaded.model, fast, prompt(7, 60), replace(spec, noise_id=None), settings, 7)
+        assert uniform.canvas != eager.canvas  # the noise token changed what the model saw
+
+
 def test_sliding_window_layers_see_only_the_window(tiny_model_dir: Path) -> None:
     model = load_model(tiny_model_dir, "cpu", "float32").model
     config = text_config(model)

@@ -91,7 +91,7 @@ def _logits(seed: int = 0, batch: int = 2, length: int = 12, scale: float = 3.0)
     return torch.randn(batch, length, VOCAB, generator=torch.Generator().manual_seed(seed)) * scale
 
 
-def _step(settings: SamplerSettings, logits: torch.Tensor, **kwargs: torch.Tensor | None):  # type: ignore[no-untyped-def]
+def _step(settings: SamplerSettings, logits: torch.Tensor, noise_id: int | None = None, **kwargs: torch.Tensor | None):  # type: ignore[no-untyped-def]
     current = torch.zeros(logits.shape[:2], dtype=torch.long)
     return denoise_step(
         settings,
@@ -102,6 +102,7 @@ def _step(settings: SamplerSettings, logits: torch.Tensor, **kwargs: torch.Tenso
         generator=torch.Generator().manual_seed(1),
         pinned=kwargs.get("pinned"),
         pinned_ids=kwargs.get("pinned_ids"),
+        noise_id=noise_id,
     )
 
 
@@ -151,6 +152,18 @@ def test_pinned_positions_keep_their_ids_and_are_accepted(greedy: bool) -> None:
     assert torch.equal(result.argmax_canvas[~pinned], argmax[~pinned])
     # With a tiny bound only one unpinned token per row is accepted on its entropy.
     assert (result.accepted & ~pinned).sum(dim=-1).tolist() == [1] * batch
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_absorbing_noise_puts_the_noise_token_on_rejected_positions(greedy: bool) -> None:
+    logits = _logits(scale=0.1)
+    result = _step(SamplerSettings(max_steps=4, entropy_bound=1e-9, greedy=greedy), logits, noise_id=3)
+    rejected = ~result.accepted
+    assert rejected.any()
+    assert (result.next_canvas[rejected] == 3).all()
+    uniform = _step(SamplerSettings(max_steps=4, entropy_bound=1e-9, greedy=greedy), logits)
+    assert torch.equal(result.accepted, uniform.accepted)
+    assert torch.equal(result.next_canvas[result.accepted], uniform.next_canvas[uniform.accepted])
 
 
 # --- StableAndConfident -----------------------------------------------------------------------

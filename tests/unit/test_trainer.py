@@ -142,6 +142,22 @@ def test_sampler_state_randomizes_the_middle_and_keeps_the_padding(tokenizer: To
     assert not bool(state.use_sc.any())
 
 
+def test_absorbing_noise_puts_the_noise_token_where_uniform_noise_would_replace(tokenizer: Tokenizer) -> None:
+    layout = resolve_layout_tokens(tokenizer.get_vocab(with_added_tokens=True))
+    batch = T.collate(next(T.batches(iter(_examples(tokenizer, 40)), 4)), layout, eom_weight=0.1)
+    unk = tokenizer.token_to_id("<unk>")
+    assert unk not in batch.canvas.tolist()
+    absorbing = T.TrainConfig(geometry="tiny", noise_id=unk)
+    uniform = T.TrainConfig(geometry="tiny")
+    noisy = T.draw_noise(batch.canvas, 50_000, absorbing, torch.Generator().manual_seed(3), batch.middle_region).noisy
+    reference = T.draw_noise(batch.canvas, 50_000, uniform, torch.Generator().manual_seed(3), batch.middle_region).noisy
+    assert torch.equal(noisy == unk, reference != batch.canvas)
+    assert torch.equal(noisy[noisy != unk], batch.canvas[noisy != unk])
+    state = T.sampler_state_noise(batch, 50_000, torch.Generator().manual_seed(0), unk)
+    assert (state.noisy[batch.middle_region] == unk).all()
+    assert torch.equal(state.noisy[~batch.middle_region], batch.canvas[~batch.middle_region])
+
+
 def test_encoder_next_token_loss_matches_a_manual_computation(tiny_model_dir: Path, tokenizer: Tokenizer) -> None:
     from transformers import DiffusionGemmaForBlockDiffusion
 
@@ -282,3 +298,22 @@ def test_parallel_stream_makes_examples_in_worker_processes(tokenizer: Tokenizer
     stream.close()
     assert all(isinstance(e, Example) and e.canvas and e.prompt[0] == layout.bos for e in made)
     assert len({tuple(e.canvas) for e in made}) > 5
+
+
+def test_a_run_with_a_noise_token_records_it_for_the_loader(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from dg_lsp.model.loader import load_model
+
+    argv = [
+        "--corpus", str(_corpus(tmp_path)), "--tokenizer", str(tiny_model_dir), "--out", str(tmp_path / "train"),
+        "--geometry", "tiny", "--total-steps", "2", "--batch-size", "2", "--context-tokens", "64", "--max-canvas", "32",
+        "--eval-every", "2", "--eval-batches", "1", "--threads", "1", "--no-progress", "--device", "cpu",
+    ]
+    export = T.train(T.build_parser().parse_args([*argv, "--noise-token", "<unk>"]))
+    assert json.loads((export / "dg_lsp.json").read_text())["noise_token"] == "<unk>"
+    loaded = load_model(export, "cpu", "float32")
+    assert loaded.noise_id == loaded.tokenizer.token_to_id("<unk>")
+    # a warm start from that model keeps its noise token without being told
+    again = T.train(T.build_parser().parse_args([*argv[:5], str(tmp_path / "again"), *argv[6:], "--init-from", str(export)]))
+    assert json.loads((again / "dg_lsp.json").read_text())["noise_token"] == "<unk>"
+    with pytest.raises(ValueError, match="--noise-token '<nope>' is not a token"):
+        T.train(T.build_parser().parse_args([*argv, "--noise-token", "<nope>"]))
