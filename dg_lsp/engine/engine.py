@@ -243,6 +243,7 @@ class Engine:
             "parameters": loaded.parameters,
             "canvasLength": loaded.canvas_length,
             "trainedContextTokens": loaded.context_tokens,
+            "canvasNoise": loaded.tokenizer.id_to_token(loaded.noise_id) if loaded.noise_id is not None else "uniform",
             "promptFormat": self.prompt_format,
             "promptFormats": list(loaded.prompting.formats),
             "eosIds": sorted(self.markers.stop_ids - {loaded.prompting.pad_id})

@@ -56,7 +56,7 @@ POLL_S = 0.02
 TOKENIZER_PATH = "/v1/dg/tokenizer.json"
 #: ``dg.info`` keys taken from the server's model facts.
 FACT_KEYS = (
-    "modelPath", "device", "dtype", "parameters", "canvasLength", "trainedContextTokens", "maxBatch", "maxQueue",
+    "modelPath", "device", "dtype", "parameters", "canvasLength", "trainedContextTokens", "canvasNoise", "maxBatch", "maxQueue",
     "promptFormat", "eosIds", "sampler",
 )
 

@@ -249,6 +249,7 @@ class DgServer(LanguageServer):
             "parameters": facts.get("parameters"),
             "canvasLength": facts.get("canvasLength"),
             "trainedContextTokens": facts.get("trainedContextTokens"),
+            "canvasNoise": facts.get("canvasNoise"),
             "promptFormat": backend.prompt_format if backend is not None else None,
             "eosIds": facts.get("eosIds"),
             "sampler": self.effective_sampler(backend),

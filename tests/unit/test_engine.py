@@ -340,6 +340,7 @@ def test_a_checkpoints_noise_token_reaches_every_noised_canvas_position(
     unk = loaded.tokenizer.token_to_id("<unk>")
     assert loaded.noise_id == unk and loaded.context_tokens == 256
     engine = Engine(loaded)
+    assert engine.describe()["canvasNoise"] == "<unk>"
     seen: list[list[int]] = []
     handle = loaded.model.model.decoder.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["decoder_input_ids"][0].tolist()), with_kwargs=True
@@ -351,7 +352,8 @@ def test_a_checkpoints_noise_token_reaches_every_noised_canvas_position(
     assert seen[0] == [unk] * len(seen[0])  # the first step sees only noise tokens
     later = [token for canvas in seen[1:] for token in canvas]
     assert later.count(unk) >= len(later) - 2 * len(seen[1:])  # a tiny bound: about one token accepted per step
-    assert load_model(tiny_model_dir, "cpu", "float32").noise_id is None  # no noise_token: uniform noise
+    uniform = load_model(tiny_model_dir, "cpu", "float32")
+    assert uniform.noise_id is None and Engine(uniform).describe()["canvasNoise"] == "uniform"  # no noise_token
 
 
 @pytest.mark.parametrize("value", ['"<no-such-token>"', "7"])
