@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -21,7 +23,7 @@ from dg_lsp.engine.background_compile import BackgroundCompile, CompileState
 from dg_lsp.engine.denoiser import Cancelled
 from dg_lsp.engine.engine import Engine, sampler_json
 from dg_lsp.engine.remote import RemoteEngineError, RemoteSettings
-from dg_lsp.infill import complete, rewrite
+from dg_lsp.infill import Completion, complete, rewrite
 from dg_lsp.languages import detect_language
 from dg_lsp.model.loader import ModelLoadError
 from dg_lsp.server.drafts import DraftNotifier
@@ -373,13 +375,21 @@ def create_server(model_override: str | None = None) -> DgServer:
         )
         snapshot = doc.tree.snapshot()  # parsed on the engine thread, not here
         language = doc.tree.language or detect_language(uri, None)
+        started = time.perf_counter()
+        timing: dict[str, float] = {}
+
+        def job(cancelled: Callable[[], bool]) -> Completion | None:
+            timing["queued"] = time.perf_counter()
+            tree = snapshot.tree()
+            timing["parsed"] = time.perf_counter()
+            answer = complete(backend, text, tree, language, offset, options, notifier, cancelled, file_name(uri))
+            timing["done"] = time.perf_counter()
+            return answer
+
         try:
-            result = await ls.jobs.run(
-                f"complete:{uri}",
-                lambda cancelled: complete(
-                    backend, text, snapshot.tree(), language, offset, options, notifier, cancelled, file_name(uri)
-                ),
-            )
+            result = await ls.jobs.run(f"complete:{uri}", job)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s", completion_timing(started, timing, result))
         except Cancelled:
             return types.InlineCompletionList(items=[])
         except RemoteEngineError as exc:
@@ -418,6 +428,23 @@ def create_server(model_override: str | None = None) -> DgServer:
         return await _rewrite_selection(ls, args)
 
     return server
+
+
+def completion_timing(started: float, timing: dict[str, float], result: Completion | None) -> str:
+    """One debug line: where an inline completion's time went (queue, parse, engine, back on the event loop)."""
+    now = time.perf_counter()
+
+    def ms(a: float, b: float) -> float:
+        return (b - a) * 1000.0
+
+    line = (
+        f"inline completion: {ms(started, now):.1f} ms = queue {ms(started, timing['queued']):.1f}"
+        f" + parse {ms(timing['queued'], timing['parsed']):.1f} + complete {ms(timing['parsed'], timing['done']):.1f}"
+        f" + return {ms(timing['done'], now):.1f}"
+    )
+    if result is not None:
+        line += f" (encode {result.result.encode_ms:.1f}, denoise {result.result.denoise_ms:.1f} ms, {result.result.steps} steps)"
+    return line
 
 
 async def _rewrite_selection(ls: DgServer, args: tuple[Any, ...]) -> dict[str, Any]:
