@@ -206,3 +206,23 @@ def test_one_request_after_another_each_gets_its_own_answer(engine: Engine) -> N
         assert [scheduler.infill(r).text for r in requests] == [engine.infill(r).text for r in requests]
     finally:
         scheduler.close()
+
+
+def test_an_absorbing_noise_checkpoint_batches_to_its_single_answers(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    checkpoint = tmp_path / "absorbing"
+    shutil.copytree(tiny_model_dir, checkpoint)
+    (checkpoint / "dg_lsp.json").write_text('{"noise_token": "<unk>"}', encoding="utf-8")
+    absorbing = Engine(load_model(checkpoint, "cpu", "float32"))
+    assert absorbing.loaded.noise_id is not None
+    uniform = Engine(load_model(tiny_model_dir, "cpu", "float32"))
+    requests = _requests(6)
+    alone = [absorbing.infill(r) for r in requests]
+    assert [a.text for a in alone] != [uniform.infill(r).text for r in requests]  # the noise token is in play
+    s = BatchScheduler(absorbing, max_batch=8, max_queue=16, pad_canvases=True, static_cache=True, fixed_shapes=False)
+    try:
+        together = [job.future.result(timeout=120) for job in [s.submit(r) for r in requests]]
+    finally:
+        s.close()
+    assert [t.result.text for t in together] == [a.text for a in alone]
