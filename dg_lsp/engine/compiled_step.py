@@ -24,7 +24,7 @@ import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
 from dg_lsp.engine.prompt_cache import PromptCache
-from dg_lsp.engine.sampler import entropy_bound_accept
+from dg_lsp.engine.sampler import NEVER, completion_floor, decided_pins, entropy_bound_accept
 from dg_lsp.engine.static_cache import StepCache
 from dg_lsp.model.typing import text_config
 
@@ -121,7 +121,7 @@ def decoder_logits(
 
 
 def make_forward_stats(model: DiffusionGemmaForBlockDiffusion) -> Callable[..., Stats]:
-    """``(canvas, conditioning, conditioned, positions, masks, cache, temperature) -> (probs, entropy, argmax, next conditioning)``."""
+    """``(canvas, conditioning, conditioned, positions, masks, cache, temperature[, noise token]) -> (probs, entropy, argmax, next conditioning)``."""
     embed_dtype = model.model.decoder.embed_tokens.weight.dtype
 
     def forward_stats(
@@ -132,9 +132,12 @@ def make_forward_stats(model: DiffusionGemmaForBlockDiffusion) -> Callable[..., 
         masks: dict[str, torch.Tensor] | None,
         cache: StepCache,
         temperature: torch.Tensor,
+        noise_token: torch.Tensor | None = None,
     ) -> Stats:
         raw = decoder_logits(model, canvas, conditioning, conditioned, positions, masks, cache)
         logits = raw / temperature
+        if noise_token is not None:  # absorbing noise: the noise token is never an answer
+            logits = logits.index_fill(-1, noise_token.view(1), NEVER)
         log_probs = torch.log_softmax(logits, dim=-1)
         probs = log_probs.exp()
         entropy = -(probs * log_probs).sum(dim=-1)
@@ -156,22 +159,36 @@ def accept_and_stop(
     bound: float,
     threshold: int,
     confidence: float,
+    current: torch.Tensor | None = None,
+    noise_token: torch.Tensor | None = None,
+    remaining: torch.Tensor | None = None,
 ) -> Accepted:
     """``(next canvas, argmax canvas, run, stop)``: acceptance, renoising and the stopping rule, on the device.
 
     ``run`` counts the consecutive steps whose argmax canvas equalled the one before; the
     canvas is stable once it reaches ``threshold`` (the eager rule's history of that many
     canvases all equal to the current one), and the step stops when it is stable and the
-    mean entropy is below ``confidence``.
+    mean entropy is below ``confidence``. With ``noise_token`` (an absorbing-noise model; then
+    ``current`` is the canvas the step read and ``remaining`` the steps left) the sampler's
+    :func:`~dg_lsp.engine.sampler.decided_pins` and :func:`~dg_lsp.engine.sampler.completion_floor`
+    apply too, and a canvas with nothing left masked stops.
     """
+    absorbing = None
+    if noise_token is not None and current is not None and remaining is not None:
+        absorbing = (noise_token, current, remaining)
+        pinned, pinned_ids = decided_pins(current, noise_token, pinned, pinned_ids)
     entropy = torch.where(pinned, torch.zeros_like(entropy), entropy)
     argmax = torch.where(pinned, pinned_ids, argmax)
     proposal = torch.where(pinned, pinned_ids, proposal)
     accepted = entropy_bound_accept(entropy, bound) | pinned
+    if absorbing is not None:
+        accepted = completion_floor(accepted, entropy, absorbing[1], absorbing[0], absorbing[2])
     following = torch.where(accepted, proposal, noise)
     same = torch.eq(argmax, previous).all()
     run = torch.where(same, run + 1, torch.zeros_like(run))
     stop = (run >= threshold) & (entropy.mean() < confidence)
+    if absorbing is not None:  # nothing left masked: the answer cannot change
+        stop = stop | ~torch.eq(following, absorbing[0]).any()
     return following, argmax, run, stop
 
 

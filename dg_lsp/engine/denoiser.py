@@ -144,7 +144,7 @@ class CanvasRow:
         )
         self.canvas, self.argmax = result.next_canvas, result.argmax_canvas
         self.self_conditioning = result.logits.to(embed_dtype)
-        stop = self.stopper.update(result.argmax_canvas, result.mean_entropy)
+        stop = self.stopper.update(result.argmax_canvas, result.mean_entropy) or result.settled
         self.done = stop or self.step >= self.settings.max_steps
         self.stopped_early = stop and self.step < self.settings.max_steps
         self.step_ms.append((time.perf_counter() - started) * 1000.0)

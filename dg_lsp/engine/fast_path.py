@@ -241,6 +241,9 @@ class FastDenoiser:
             drafts=on_draft is not None,
             noise_id=spec.noise_id,
         )
+        if spec.noise_id is not None:  # the completion floor's inputs, as tensors (no recompiles)
+            request.noise_token = torch.tensor(spec.noise_id, device=device)
+            request.remaining = torch.arange(settings.max_steps, 0, -1, device=device)
         canvas, pinned, pinned_ids = _start_canvas(spec, self._vocab, request.generator, device)
         request.conditioned = torch.ones(1, dtype=torch.bool, device=device)
         request.unconditioned = torch.zeros(1, dtype=torch.bool, device=device)
@@ -294,7 +297,7 @@ class FastDenoiser:
             previous = conditioned = None
         probs, entropy, argmax, conditioning = self.steps.forward_stats(
             state.canvas, previous, conditioned, request.positions, request.masks, request.cache,
-            request.temperatures[number - 1],
+            request.temperatures[number - 1], *(() if request.noise_token is None else (request.noise_token,)),
         )
         if settings.greedy:
             proposal = argmax
@@ -304,6 +307,11 @@ class FastDenoiser:
         canvas, argmax, run, stop = self.steps.accept_and_stop(
             entropy, argmax, proposal, noise, request.pinned, request.pinned_ids, state.argmax, state.run,
             settings.entropy_bound, settings.stability_threshold, settings.confidence_threshold,
+            *(
+                (state.canvas, request.noise_token, request.remaining[number - 1])
+                if request.noise_token is not None and request.remaining is not None
+                else ()
+            ),
         )
         step = _Step(number, canvas, argmax, conditioning, run, stop, started)
         if self.steps.cuda_graphs:  # the next replay reuses the graph's output memory
@@ -333,6 +341,9 @@ class _Request:
     drafts: bool
     #: The model's absorbing noise token (None: uniform random tokens).
     noise_id: int | None = None
+    #: With ``noise_id``: that token as a 0-d tensor, and the steps left at each step (``max_steps`` … 1).
+    noise_token: torch.Tensor | None = None
+    remaining: torch.Tensor | None = None
     conditioned: torch.Tensor = field(default_factory=lambda: torch.ones(1, dtype=torch.bool))
     unconditioned: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.bool))
     pinned: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))

@@ -38,6 +38,12 @@ class StepResult:
     logits: torch.Tensor
     accepted: torch.Tensor
     mean_entropy: float
+    #: Absorbing noise: no position holds the noise token any more (the answer cannot change).
+    settled: bool = False
+
+
+#: The logit given to the absorbing noise token: never chosen, yet finite (``-inf`` would make ``p log p`` NaN).
+NEVER = -1e9
 
 
 def temperature(settings: SamplerSettings, remaining: int) -> float:
@@ -51,6 +57,41 @@ def entropy_bound_accept(entropy: torch.Tensor, bound: float) -> torch.Tensor:
     cumulative = torch.cumsum(sorted_entropy, dim=-1)
     chosen_sorted = (cumulative - sorted_entropy) <= bound
     return torch.zeros_like(chosen_sorted).scatter(-1, order, chosen_sorted)
+
+
+def decided_pins(
+    current: torch.Tensor, noise_id: torch.Tensor, pinned: torch.Tensor | None, pinned_ids: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absorbing noise: every position of ``current`` not holding ``noise_id`` is decided and stays as it is.
+
+    Returned as pins (added to ``pinned``/``pinned_ids``): a decided token is never resampled or
+    renoised, so each step decides only what is still masked (the usual masked-diffusion
+    sampler; DiffusionGemma's uniform noise cannot tell decided tokens from noise and re-decides all).
+    """
+    decided = torch.ne(current, noise_id)
+    if pinned is None or pinned_ids is None:
+        return decided, current
+    return pinned | decided, torch.where(decided, current, pinned_ids)
+
+
+def completion_floor(
+    accepted: torch.Tensor, entropy: torch.Tensor, current: torch.Tensor, noise_id: torch.Tensor, remaining: torch.Tensor
+) -> torch.Tensor:
+    """Absorbing noise: of the positions holding ``noise_id``, decide at least the ``ceil(masked / remaining)`` lowest-entropy ones.
+
+    The entropy bound alone may leave most of a short canvas masked until the last step, whose
+    argmax then fills every masked position at once, each blind to its neighbours (a weak
+    model repeats one token). With the floor the masked positions are decided at a steady rate
+    and none is left for the last step. ``noise_id`` and ``remaining`` (steps left, this one
+    included, >= 1) are 0-d tensors so that a compiled step takes them without recompiling.
+    """
+    masked = torch.eq(current, noise_id)
+    need = torch.div(masked.sum(dim=-1, keepdim=True) + remaining - 1, remaining, rounding_mode="floor")
+    ranked = torch.where(masked, entropy, torch.full_like(entropy, float("inf")))
+    order = torch.argsort(ranked, dim=-1, stable=True)
+    positions = torch.arange(entropy.shape[-1], device=entropy.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(-1, order, positions)
+    return accepted | (masked & (rank < need))
 
 
 def denoise_step(
@@ -68,9 +109,14 @@ def denoise_step(
 
     ``raw_logits`` is ``(batch, length, vocab)`` float32; ``pinned`` a bool mask of positions
     whose tokens stay ``pinned_ids`` whatever the model says; rejected positions get fresh
-    noise (:func:`~dg_lsp.canvas.noise_ids`: uniform, or ``noise_id`` for an absorbing-noise model).
+    noise (:func:`~dg_lsp.canvas.noise_ids`: uniform, or ``noise_id`` for an absorbing-noise model,
+    which also gets :func:`completion_floor`).
     """
+    if noise_id is not None:  # absorbing noise: a decided token stays (like a pinned one)
+        pinned, pinned_ids = decided_pins(current, torch.tensor(noise_id, device=current.device), pinned, pinned_ids)
     logits = raw_logits / temperature(settings, remaining)
+    if noise_id is not None:  # the noise token is never an answer
+        logits[..., noise_id] = NEVER
     log_probs = torch.log_softmax(logits, dim=-1)
     probs = log_probs.exp()
     entropy = -(probs * log_probs).sum(dim=-1)
@@ -87,6 +133,9 @@ def denoise_step(
     accepted = entropy_bound_accept(entropy, settings.entropy_bound)
     if pinned is not None:
         accepted |= pinned
+    if noise_id is not None:
+        noise_token = torch.tensor(noise_id, device=current.device)
+        accepted = completion_floor(accepted, entropy, current, noise_token, torch.tensor(remaining, device=current.device))
     noise = noise_ids(current.shape, vocab_size, generator, current.device, noise_id)
     next_canvas = torch.where(accepted, proposal, noise)
     return StepResult(
@@ -95,6 +144,7 @@ def denoise_step(
         logits=logits,
         accepted=accepted,
         mean_entropy=float(entropy.mean()),
+        settled=noise_id is not None and not bool(torch.eq(next_canvas, noise_id).any()),
     )
 
 

@@ -206,6 +206,10 @@ def test_compiled_step_gives_the_eager_canvas(loaded: LoadedModel, monkeypatch: 
         eager, quick, _, _ = both(loaded.model, compiled, prompt(seed, context), CanvasSpec(length=length), settings, seed)
         assert quick.canvas == eager.canvas
         assert quick.steps == eager.steps
+    # An absorbing-noise model: decided tokens pinned, the completion floor and the settled stop in the graph.
+    settings = SamplerSettings(max_steps=4, entropy_bound=1e-9)
+    eager, quick, _, _ = both(loaded.model, compiled, prompt(2, 40), CanvasSpec(length=32, noise_id=3), settings, 2)
+    assert (quick.canvas, quick.steps) == (eager.canvas, eager.steps)
     assert (tmp_path / "inductor").is_dir()
 
 

@@ -154,16 +154,41 @@ def test_pinned_positions_keep_their_ids_and_are_accepted(greedy: bool) -> None:
     assert (result.accepted & ~pinned).sum(dim=-1).tolist() == [1] * batch
 
 
+def _absorbing_step(settings: SamplerSettings, logits: torch.Tensor, current: torch.Tensor, remaining: int):  # type: ignore[no-untyped-def]
+    return denoise_step(
+        settings, logits, current, remaining=remaining, vocab_size=VOCAB, generator=torch.Generator().manual_seed(1),
+        pinned=None, pinned_ids=None, noise_id=3,
+    )
+
+
 @pytest.mark.parametrize("greedy", [True, False])
-def test_absorbing_noise_puts_the_noise_token_on_rejected_positions(greedy: bool) -> None:
+def test_absorbing_noise_keeps_decided_tokens_and_masks_the_rest(greedy: bool) -> None:
     logits = _logits(scale=0.1)
-    result = _step(SamplerSettings(max_steps=4, entropy_bound=1e-9, greedy=greedy), logits, noise_id=3)
+    batch, length = logits.shape[:2]
+    current = torch.full((batch, length), 3, dtype=torch.long)
+    current[:, :4] = 11  # decided at an earlier step: kept whatever the model says now
+    result = _absorbing_step(SamplerSettings(max_steps=8, entropy_bound=1e-9, greedy=greedy), logits, current, 8)
+    assert (result.next_canvas[:, :4] == 11).all() and (result.argmax_canvas[:, :4] == 11).all()
     rejected = ~result.accepted
-    assert rejected.any()
-    assert (result.next_canvas[rejected] == 3).all()
-    uniform = _step(SamplerSettings(max_steps=4, entropy_bound=1e-9, greedy=greedy), logits)
-    assert torch.equal(result.accepted, uniform.accepted)
-    assert torch.equal(result.next_canvas[result.accepted], uniform.next_canvas[uniform.accepted])
+    assert rejected.any() and (result.next_canvas[rejected] == 3).all()
+    assert not result.settled
+
+
+def test_completion_floor_decides_masked_positions_at_a_steady_rate() -> None:
+    logits = _logits(scale=0.1)  # a tiny bound alone would decide one token per step
+    batch, length = logits.shape[:2]
+    settings = SamplerSettings(max_steps=4, entropy_bound=1e-9)
+    current = torch.full((batch, length), 3, dtype=torch.long)
+    masked_counts = []
+    for remaining in (4, 3, 2, 1):
+        masked = int((current[0] == 3).sum())
+        result = _absorbing_step(settings, logits, current, remaining)
+        newly = int((result.accepted[0] & (current[0] == 3)).sum())
+        assert newly == -(-masked // remaining)  # ceil(masked / steps left) (more than the tiny bound's one)
+        current = result.next_canvas
+        masked_counts.append(int((current[0] == 3).sum()))
+    assert masked_counts[-1] == 0 and result.settled  # nothing is left for a blind last-step argmax
+    assert masked_counts == sorted(masked_counts, reverse=True)
 
 
 # --- StableAndConfident -----------------------------------------------------------------------
