@@ -163,7 +163,7 @@ class Engine:
         self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
         self._cache = PromptCache(loaded.model, reuse=reuse_prompt_cache)
         #: Static prompt KV, fixed shapes, sync-free (optionally compiled) step; None: the eager path.
-        self.fast = FastDenoiser(loaded.model, fast_path) if fast_path.enabled else None
+        self.fast = FastDenoiser(loaded.model, fast_path, noise_id=loaded.noise_id) if fast_path.enabled else None
         self._fast_settings = fast_path
         self._lock = threading.Lock()
         if loaded.device.type == "cpu":

@@ -89,8 +89,11 @@ class FastDenoiser:
         model: DiffusionGemmaForBlockDiffusion,
         settings: FastPathSettings = FastPathSettings(),
         steps: StepFunctions | None = None,
+        noise_id: int | None = None,
     ) -> None:
         self.model = model
+        #: The model's absorbing noise token (None: uniform): the background compile warms that graph.
+        self.noise_id = noise_id
         self.settings = settings
         self.device = model.device
         self.kv = StaticPromptKV(model)
@@ -171,7 +174,7 @@ class FastDenoiser:
                 cache.encode([(7 + 13 * i) % self._vocab for i in range(24)])
                 runners[id(steps)] = (FastDenoiser(model, FastPathSettings(compile="off"), steps=steps), cache)
             runner, cache = runners[id(steps)]
-            runner.denoise(cache, CanvasSpec(length=length), SamplerSettings(max_steps=2), seed=0)
+            runner.denoise(cache, CanvasSpec(length=length, noise_id=self.noise_id), SamplerSettings(max_steps=2), seed=0)
 
         return warm
 

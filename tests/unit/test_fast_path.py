@@ -268,3 +268,21 @@ def test_compile_cache_replaces_torchs_temporary_default(monkeypatch: pytest.Mon
     assert enable_compile_cache() == tmp_path / "mine"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # empty is unset, not the working directory
     assert enable_compile_cache() == tmp_path / "dg-lsp" / "torchinductor"
+
+
+@pytest.mark.parametrize("noise_id", [None, 3])
+def test_the_background_warm_up_runs_the_models_own_noise(
+    loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch, noise_id: int | None
+) -> None:
+    """An absorbing-noise model's step is another graph: warming the uniform one would leave it to a request."""
+    seen: list[CanvasSpec] = []
+    original = FastDenoiser.denoise
+
+    def spy(self: FastDenoiser, cache: PromptCache, spec: CanvasSpec, *args: object, **kwargs: object) -> DenoiseOutcome:
+        seen.append(spec)
+        return original(self, cache, spec, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FastDenoiser, "denoise", spy)
+    fast = FastDenoiser(loaded.model, FastPathSettings(compile="off"), noise_id=noise_id)
+    fast._warm_shape_factory()(StepFunctions(loaded.model, False), 32)
+    assert [(spec.length, spec.noise_id) for spec in seen] == [(32, noise_id)]
