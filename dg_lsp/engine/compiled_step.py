@@ -159,36 +159,33 @@ def accept_and_stop(
     bound: float,
     threshold: int,
     confidence: float,
-    current: torch.Tensor | None = None,
-    noise_token: torch.Tensor | None = None,
-    remaining: torch.Tensor | None = None,
+    absorbing: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> Accepted:
     """``(next canvas, argmax canvas, run, stop)``: acceptance, renoising and the stopping rule, on the device.
 
     ``run`` counts the consecutive steps whose argmax canvas equalled the one before; the
     canvas is stable once it reaches ``threshold`` (the eager rule's history of that many
     canvases all equal to the current one), and the step stops when it is stable and the
-    mean entropy is below ``confidence``. With ``noise_token`` (an absorbing-noise model; then
-    ``current`` is the canvas the step read and ``remaining`` the steps left) the sampler's
+    mean entropy is below ``confidence``. With ``absorbing`` = ``(noise token, the canvas the step
+    read, steps left)`` (an absorbing-noise model) the sampler's
     :func:`~dg_lsp.engine.sampler.decided_pins` and :func:`~dg_lsp.engine.sampler.completion_floor`
     apply too, and a canvas with nothing left masked stops.
     """
-    absorbing = None
-    if noise_token is not None and current is not None and remaining is not None:
-        absorbing = (noise_token, current, remaining)
+    if absorbing is not None:
+        noise_token, current, remaining = absorbing
         pinned, pinned_ids = decided_pins(current, noise_token, pinned, pinned_ids)
     entropy = torch.where(pinned, torch.zeros_like(entropy), entropy)
     argmax = torch.where(pinned, pinned_ids, argmax)
     proposal = torch.where(pinned, pinned_ids, proposal)
     accepted = entropy_bound_accept(entropy, bound) | pinned
     if absorbing is not None:
-        accepted = completion_floor(accepted, entropy, absorbing[1], absorbing[0], absorbing[2])
+        accepted = completion_floor(accepted, entropy, current, noise_token, remaining)
     following = torch.where(accepted, proposal, noise)
     same = torch.eq(argmax, previous).all()
     run = torch.where(same, run + 1, torch.zeros_like(run))
     stop = (run >= threshold) & (entropy.mean() < confidence)
     if absorbing is not None:  # nothing left masked: the answer cannot change
-        stop = stop | ~torch.eq(following, absorbing[0]).any()
+        stop = stop | ~torch.eq(following, noise_token).any()
     return following, argmax, run, stop
 
 

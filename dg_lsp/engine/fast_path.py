@@ -310,10 +310,10 @@ class FastDenoiser:
         canvas, argmax, run, stop = self.steps.accept_and_stop(
             entropy, argmax, proposal, noise, request.pinned, request.pinned_ids, state.argmax, state.run,
             settings.entropy_bound, settings.stability_threshold, settings.confidence_threshold,
-            *(
-                (state.canvas, request.noise_token, request.remaining[number - 1])
+            absorbing=(
+                (request.noise_token, state.canvas, request.remaining[number - 1])
                 if request.noise_token is not None and request.remaining is not None
-                else ()
+                else None
             ),
         )
         step = _Step(number, canvas, argmax, conditioning, run, stop, started)

@@ -112,8 +112,9 @@ def denoise_step(
     noise (:func:`~dg_lsp.canvas.noise_ids`: uniform, or ``noise_id`` for an absorbing-noise model,
     which also gets :func:`completion_floor`).
     """
-    if noise_id is not None:  # absorbing noise: a decided token stays (like a pinned one)
-        pinned, pinned_ids = decided_pins(current, torch.tensor(noise_id, device=current.device), pinned, pinned_ids)
+    noise_token = torch.tensor(noise_id, device=current.device) if noise_id is not None else None
+    if noise_token is not None:  # absorbing noise: a decided token stays (like a pinned one)
+        pinned, pinned_ids = decided_pins(current, noise_token, pinned, pinned_ids)
     logits = raw_logits / temperature(settings, remaining)
     if noise_id is not None:  # the noise token is never an answer
         logits[..., noise_id] = NEVER
@@ -133,8 +134,7 @@ def denoise_step(
     accepted = entropy_bound_accept(entropy, settings.entropy_bound)
     if pinned is not None:
         accepted |= pinned
-    if noise_id is not None:
-        noise_token = torch.tensor(noise_id, device=current.device)
+    if noise_token is not None:
         accepted = completion_floor(accepted, entropy, current, noise_token, torch.tensor(remaining, device=current.device))
     noise = noise_ids(current.shape, vocab_size, generator, current.device, noise_id)
     next_canvas = torch.where(accepted, proposal, noise)

@@ -196,7 +196,7 @@ def load_model(
 TRAINING_FACTS = "dg_lsp.json"
 
 
-def _training_facts(path: Path) -> dict[str, Any]:
+def training_facts(path: Path) -> dict[str, Any]:
     """``dg_lsp.json`` as a dict (absent or unreadable: empty)."""
     try:
         facts = json.loads((path / TRAINING_FACTS).read_text(encoding="utf-8"))
@@ -207,18 +207,23 @@ def _training_facts(path: Path) -> dict[str, Any]:
 
 def _trained_context(path: Path) -> int | None:
     """The context budget recorded in ``dg_lsp.json`` (absent or unreadable: None)."""
-    value = _training_facts(path).get("context_tokens")
+    value = training_facts(path).get("context_tokens")
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
-def _noise_token_id(path: Path, tokenizer: Tokenizer) -> int | None:
-    """The id of ``dg_lsp.json``'s ``noise_token`` (absent: None, uniform noise); raises :class:`ModelLoadError` if unusable."""
-    name = _training_facts(path).get("noise_token")
+def noise_token_id(tokenizer: Tokenizer, name: object) -> int | None:
+    """The id of the absorbing noise token ``name`` (None: uniform noise); raises ValueError if the vocabulary lacks it."""
     if name is None:
         return None
     token_id = tokenizer.token_to_id(name) if isinstance(name, str) else None
     if token_id is None:
-        raise ModelLoadError(
-            f"{path / TRAINING_FACTS}: noise_token {name!r} is not a token of {path / 'tokenizer.json'}"
-        )
+        raise ValueError(f"{name!r} is not a token of the tokenizer")
     return int(token_id)
+
+
+def _noise_token_id(path: Path, tokenizer: Tokenizer) -> int | None:
+    """The id of ``dg_lsp.json``'s ``noise_token`` (absent: None, uniform noise); raises :class:`ModelLoadError` if unusable."""
+    try:
+        return noise_token_id(tokenizer, training_facts(path).get("noise_token"))
+    except ValueError as exc:
+        raise ModelLoadError(f"{path / TRAINING_FACTS}: noise_token {exc} ({path / 'tokenizer.json'})") from exc

@@ -39,7 +39,7 @@ from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 from dg_lsp.canvas import LayoutTokens, layout_overhead, renoise, resolve_layout_tokens
 from dg_lsp.model.checkpoint import new_model, save_checkpoint
 from dg_lsp.model.geometry import GEOMETRIES
-from dg_lsp.model.loader import TRAINING_FACTS
+from dg_lsp.model.loader import TRAINING_FACTS, noise_token_id, training_facts
 from dg_lsp.model.typing import text_config, vocab_size
 from dg_lsp.train.examples import Example, ExampleMaker, SourceFile, parallel_stream, read_corpus
 
@@ -361,23 +361,9 @@ def export_model(model: DiffusionGemmaForBlockDiffusion, tokenizer_dir: Path, ex
     (export / TRAINING_FACTS).write_text(json.dumps(facts, indent=2) + "\n")
 
 
-def noise_token_id(tokenizer: Tokenizer, name: str | None) -> int | None:
-    """The id of the absorbing noise token ``name`` (None: uniform noise); raises ValueError if the vocabulary lacks it."""
-    if name is None:
-        return None
-    token_id = tokenizer.token_to_id(name)
-    if token_id is None:
-        raise ValueError(f"--noise-token {name!r} is not a token of the tokenizer")
-    return int(token_id)
-
-
 def recorded_noise_token(model_dir: Path) -> str | None:
     """The ``noise_token`` a model directory's ``dg_lsp.json`` records (None: uniform noise, or no record)."""
-    try:
-        facts = json.loads((model_dir / TRAINING_FACTS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    name = facts.get("noise_token") if isinstance(facts, dict) else None
+    name = training_facts(model_dir).get("noise_token")
     return name if isinstance(name, str) else None
 
 
@@ -388,6 +374,13 @@ def chosen_noise_token(args: argparse.Namespace) -> str | None:
     if args.resume and _state_path(args.out).exists():
         return recorded_noise_token(args.out / "model")
     return recorded_noise_token(args.init_from) if args.init_from is not None else None
+
+
+def _noise_id(tokenizer: Tokenizer, name: str | None) -> int | None:
+    try:
+        return noise_token_id(tokenizer, name)
+    except ValueError as exc:
+        raise ValueError(f"--noise-token {exc}") from exc
 
 
 def _stop_requested(out: Path) -> bool:
@@ -414,7 +407,7 @@ def train(args: argparse.Namespace) -> Path:
         eom_weight=args.eom_weight,
         editor_line_share=args.editor_line_share,
         sampler_noise_share=args.sampler_noise_share,
-        noise_id=noise_token_id(tokenizer, chosen_noise_token(args)),
+        noise_id=_noise_id(tokenizer, chosen_noise_token(args)),
     )
     torch.manual_seed(config.seed)
     if args.threads:
