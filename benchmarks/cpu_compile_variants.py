@@ -1,0 +1,180 @@
+"""Which experts implementation and inductor options make the embedded model's step fastest on this CPU.
+
+Each variant runs in its own process (inductor options are global and read at compile time),
+with its own inductor cache directory, on the embedded model in bfloat16 with the compiled
+step (``compile="on"``). Each process warms up with three requests, then times ``--reps``
+single-line completions of one hole (``fixtures/python/shapes.py``, line 34; the prompt is
+cached after the first request, so this is the denoising loop: 8 steps of a 32-token canvas).
+All variants are started (one at a time) and kept warm, then asked for one completion each
+in turn, ``--reps`` times: this machine's speed drifts by up to 2x within an hour, so only
+variants measured side by side compare (the JSON keeps each variant's paired ratio to the first).
+
+    python benchmarks/cpu_compile_variants.py --json benchmarks/results/cpu_compile_variants.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks.common`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (  # noqa: E402
+    FIXTURES_DIR,
+    RESULTS_DIR,
+    ROOT,
+    command_line,
+    machine_info,
+    pyplot,
+    summarize,
+    utc_now,
+    write_json,
+)
+
+#: Variant name -> (transformers experts implementation or None for the default, inductor options).
+VARIANTS: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "grouped_mm (default)": (None, {}),
+    "batched_mm experts": ("batched_mm", {}),
+    "eager experts": ("eager", {}),
+    "cpp_wrapper": (None, {"cpp_wrapper": True}),
+    "max_autotune + freezing": (None, {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "freezing": True}),
+    "all three": (None, {"cpp_wrapper": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
+                         "freezing": True}),
+}
+
+HOLE_FILE = "python/shapes.py"
+HOLE_LINE = 33  # 0-based: line 34
+HOLE_CHARACTER = 8
+
+
+def run_child(variant: str, threads: int) -> None:
+    """Serve ``variant``: warm up, print ``READY <warm-up s>``, then time one completion per ``go`` line read."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    import dg_lsp.model.weights as weights
+    from dg_lsp.config import CompletionOptions
+    from dg_lsp.engine.engine import Engine
+    from dg_lsp.engine.fast_path import FastPathSettings
+    from dg_lsp.infill import complete
+    from dg_lsp.languages import get_parser
+    from dg_lsp.model.loader import load_model
+
+    experts, options = VARIANTS[variant]
+    if experts is not None:
+        setattr(weights, "experts_implementation", lambda quantize: experts)
+    for key, value in options.items():
+        setattr(inductor_config, key, value)
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    engine = Engine(load_model(ROOT / "dg_lsp" / "models" / "dg-code-small", "cpu", "bfloat16"),
+                    fast_path=FastPathSettings(compile="on"))
+    source = (FIXTURES_DIR / HOLE_FILE).read_text()
+    lines = source.splitlines(keepends=True)
+    offset = sum(len(line) for line in lines[:HOLE_LINE]) + HOLE_CHARACTER
+    tree = get_parser("python").parse(source.encode())
+    completion = CompletionOptions()
+    for _ in range(3):
+        complete(engine, source, tree, "python", offset, completion)
+    print(f"READY {time.perf_counter() - started:.1f}", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "go":
+            break
+        began = time.perf_counter()
+        complete(engine, source, tree, "python", offset, completion)
+        print(f"MS {(time.perf_counter() - began) * 1000.0:.3f}", flush=True)
+
+
+def _start(variant: str, threads: int, cache_dir: Path) -> tuple[subprocess.Popen[str], float]:
+    """A warm worker process for ``variant`` and its start-up seconds (load, compile, three requests)."""
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache_dir))
+    worker = subprocess.Popen(
+        [sys.executable, __file__, "--child", variant, "--threads", str(threads)],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert worker.stdout is not None
+    for line in worker.stdout:
+        if line.startswith("READY "):
+            return worker, float(line.split()[1])
+    raise RuntimeError(f"the {variant!r} worker exited before it was ready (exit code {worker.wait()})")
+
+
+def _time_one(worker: subprocess.Popen[str]) -> float:
+    """Ask ``worker`` for one completion and read its time (ms)."""
+    assert worker.stdin is not None and worker.stdout is not None
+    worker.stdin.write("go\n")
+    worker.stdin.flush()
+    for line in worker.stdout:
+        if line.startswith("MS "):
+            return float(line.split()[1])
+    raise RuntimeError("a worker exited in the middle of the run")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=40, help="completions per variant, interleaved")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gap", type=float, default=0.2, help="seconds between completions (idle OpenMP threads stop spinning)")
+    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "cpu_compile_variants.json")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG (default: the JSON path with .png)")
+    parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        run_child(args.child, args.threads)
+        return 0
+    from tqdm import tqdm
+
+    variants: list[str] = args.variants
+    times: dict[str, list[float]] = {variant: [] for variant in variants}
+    start_s: dict[str, float] = {}
+    workers: dict[str, subprocess.Popen[str]] = {}
+    with tempfile.TemporaryDirectory(prefix="dg-lsp-variants-") as tmp:
+        try:
+            for index, variant in enumerate(tqdm(variants, desc="compile", unit="variant")):
+                workers[variant], start_s[variant] = _start(variant, args.threads, Path(tmp) / str(index))
+            for rep in tqdm(range(args.reps), desc="interleaved", unit="round"):
+                for variant in variants[rep % len(variants):] + variants[:rep % len(variants)]:
+                    time.sleep(args.gap)
+                    times[variant].append(_time_one(workers[variant]))
+        finally:
+            for worker in workers.values():
+                worker.kill()
+                worker.wait()
+    base = times[variants[0]]
+    summary = {
+        variant: {**summarize(values), "start_s": start_s[variant],
+                  "paired_ratio_p50": sorted(v / b for v, b in zip(values, base))[len(values) // 2]}
+        for variant, values in times.items()
+    }
+    for variant, row in summary.items():
+        print(f"{variant:28s} p50 {row['p50']:7.1f} ms  p95 {row['p95']:7.1f}  "
+              f"paired ratio to {variants[0]!r}: {row['paired_ratio_p50']:.2f}  start {row['start_s']:.0f} s")
+    payload = {
+        "benchmark": "cpu_compile_variants", "date": utc_now(), "command": command_line(__file__, argv),
+        "machine": machine_info("cpu", args.threads), "reps": args.reps, "hole": f"{HOLE_FILE}:{HOLE_LINE + 1}",
+        "summary_ms": summary, "samples_ms": times,
+    }
+    write_json(args.json, payload)
+    plt = pyplot()
+    if plt is not None:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        ax.boxplot([times[variant] for variant in variants], showfliers=False)
+        ax.set_xticks(range(1, len(variants) + 1), variants, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("single-line completion, ms (cached prompt)")
+        ax.set_title("Embedded model, compiled step, 2 threads, variants interleaved request by request")
+        fig.tight_layout()
+        fig.savefig(args.plot or args.json.with_suffix(".png"), dpi=110)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
