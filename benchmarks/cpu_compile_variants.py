@@ -55,7 +55,7 @@ HOLE_LINE = 33  # 0-based: line 34
 HOLE_CHARACTER = 8
 
 
-def run_child(variant: str, threads: int) -> None:
+def run_child(variant: str, threads: int, compile_step: str = "on") -> None:
     """Serve ``variant``: warm up, print ``READY <warm-up s>``, then time one completion per ``go`` line read."""
     import torch
     import torch._inductor.config as inductor_config
@@ -76,7 +76,7 @@ def run_child(variant: str, threads: int) -> None:
     torch.set_num_threads(threads)
     started = time.perf_counter()
     engine = Engine(load_model(ROOT / "dg_lsp" / "models" / "dg-code-small", "cpu", "bfloat16"),
-                    fast_path=FastPathSettings(compile="on"))
+                    fast_path=FastPathSettings(compile=compile_step))
     source = (FIXTURES_DIR / HOLE_FILE).read_text()
     lines = source.splitlines(keepends=True)
     offset = sum(len(line) for line in lines[:HOLE_LINE]) + HOLE_CHARACTER
@@ -93,11 +93,11 @@ def run_child(variant: str, threads: int) -> None:
         print(f"MS {(time.perf_counter() - began) * 1000.0:.3f}", flush=True)
 
 
-def _start(variant: str, threads: int, cache_dir: Path) -> tuple[subprocess.Popen[str], float]:
+def _start(variant: str, threads: int, cache_dir: Path, compile_step: str) -> tuple[subprocess.Popen[str], float]:
     """A warm worker process for ``variant`` and its start-up seconds (load, compile, three requests)."""
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache_dir))
     worker = subprocess.Popen(
-        [sys.executable, __file__, "--child", variant, "--threads", str(threads)],
+        [sys.executable, __file__, "--child", variant, "--threads", str(threads), "--compile", compile_step],
         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     assert worker.stdout is not None
@@ -126,10 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "cpu_compile_variants.json")
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: the JSON path with .png)")
+    parser.add_argument("--compile", choices=("on", "off"), default="on",
+                        help="off: the uncompiled step (the options then change nothing; for a quick check of the harness)")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        run_child(args.child, args.threads)
+        run_child(args.child, args.threads, args.compile)
         return 0
     from tqdm import tqdm
 
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dg-lsp-variants-") as tmp:
         try:
             for index, variant in enumerate(tqdm(variants, desc="compile", unit="variant")):
-                workers[variant], start_s[variant] = _start(variant, args.threads, Path(tmp) / str(index))
+                workers[variant], start_s[variant] = _start(variant, args.threads, Path(tmp) / str(index), args.compile)
             for rep in tqdm(range(args.reps), desc="interleaved", unit="round"):
                 for variant in variants[rep % len(variants):] + variants[:rep % len(variants)]:
                     time.sleep(args.gap)
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
               f"paired ratio to {variants[0]!r}: {row['paired_ratio_p50']:.2f}  start {row['start_s']:.0f} s")
     payload = {
         "benchmark": "cpu_compile_variants", "date": utc_now(), "command": command_line(__file__, argv),
-        "machine": machine_info("cpu", args.threads), "reps": args.reps, "hole": f"{HOLE_FILE}:{HOLE_LINE + 1}",
+        "machine": machine_info("cpu", args.threads), "compile": args.compile, "reps": args.reps, "hole": f"{HOLE_FILE}:{HOLE_LINE + 1}",
         "summary_ms": summary, "samples_ms": times,
     }
     write_json(args.json, payload)

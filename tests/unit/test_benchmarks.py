@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, engine_bench, lsp_latency  # noqa: E402
+from benchmarks import common, cpu_compile_variants, engine_bench, lsp_latency  # noqa: E402
 
 
 def test_percentile_matches_linear_interpolation() -> None:
@@ -173,3 +173,25 @@ def test_batched_cache_bench_smoke(tiny_model_dir: Path, tmp_path: Path) -> None
     assert runs[("restack", 3)]["layout_mib"] > 0 and runs[("restack", 3)]["joins"] == 0
     change = {c["batch"]: c for c in report["membership_change"]}
     assert change[3]["restack_mib"] > change[3]["static_mib"] > 0
+
+
+def test_cpu_compile_variants_interleave_warm_workers(tmp_path: Path) -> None:
+    out = tmp_path / "variants.json"
+    code = cpu_compile_variants.main(
+        [
+            "--compile", "off",  # compiling takes minutes here; the harness is what this checks
+            "--variants", "grouped_mm (default)", "eager experts",
+            "--reps", "3",
+            "--gap", "0",
+            "--json", str(out),
+        ]
+    )
+    assert code == 0 and out.with_suffix(".png").stat().st_size > 0
+    report = json.loads(out.read_text())
+    assert report["compile"] == "off" and report["reps"] == 3
+    assert list(report["samples_ms"]) == ["grouped_mm (default)", "eager experts"]
+    for variant, samples in report["samples_ms"].items():
+        assert len(samples) == 3 and all(ms > 0 for ms in samples)
+        assert report["summary_ms"][variant]["start_s"] > 0
+    assert report["summary_ms"]["grouped_mm (default)"]["paired_ratio_p50"] == 1.0
+    assert report["summary_ms"]["eager experts"]["paired_ratio_p50"] > 0
