@@ -26,8 +26,14 @@ def _parameters(model_dir: Path) -> tuple[int, int]:
     return text, total
 
 
-def plot_loss_curves(history: list[dict[str, Any]], out: Path, tokens_before: int = 0) -> Path:
-    """PNG of the training (smoothed) and held-out losses against tokens seen."""
+def sampler_state_label(absorbing: bool) -> str:
+    """The legend of the held-out sampler-state curve: what the noised middle holds for this run's noise."""
+    middle = "masked middle (the noise token)" if absorbing else "random middle"
+    return f"held-out: middle in the sampler's state ({middle}, clean padding)"
+
+
+def plot_loss_curves(history: list[dict[str, Any]], out: Path, tokens_before: int = 0, absorbing: bool = False) -> Path:
+    """PNG of the training (smoothed) and held-out losses against tokens seen (``absorbing``: a run with a noise token)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,7 +57,7 @@ def plot_loss_curves(history: list[dict[str, Any]], out: Path, tokens_before: in
         if sampler:
             ax.plot(
                 [(tokens_before + r["tokens"]) / 1e6 for r in sampler], [r["eval_sampler_middle"] for r in sampler],
-                "^-", color="tab:green", label="held-out: middle in the sampler's state (random middle, clean padding)",
+                "^-", color="tab:green", label=sampler_state_label(absorbing),
             )
     ax.set_xlabel("tokens seen (millions, context + canvas, incl. the warm start's)")
     ax.set_ylabel("cross-entropy (nats)")
