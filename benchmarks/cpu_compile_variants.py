@@ -40,14 +40,15 @@ from benchmarks.common import (  # noqa: E402
 )
 
 #: Variant name -> (transformers experts implementation or None for the default, inductor options).
+_CPP_WRAPPER: dict[str, Any] = {"cpp_wrapper": True}
+_AUTOTUNE_FROZEN: dict[str, Any] = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "freezing": True}
 VARIANTS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "grouped_mm (default)": (None, {}),
     "batched_mm experts": ("batched_mm", {}),
     "eager experts": ("eager", {}),
-    "cpp_wrapper": (None, {"cpp_wrapper": True}),
-    "max_autotune + freezing": (None, {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "freezing": True}),
-    "all three": (None, {"cpp_wrapper": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
-                         "freezing": True}),
+    "cpp_wrapper": (None, _CPP_WRAPPER),
+    "max_autotune + freezing": (None, _AUTOTUNE_FROZEN),
+    "all three": (None, {**_CPP_WRAPPER, **_AUTOTUNE_FROZEN}),
 }
 
 HOLE_FILE = "python/shapes.py"
