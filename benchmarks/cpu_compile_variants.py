@@ -38,17 +38,20 @@ from benchmarks.common import (  # noqa: E402
     utc_now,
     write_json,
 )
+from dg_lsp.engine.compiled_step import CPU_GEMM_OPTIONS, CPU_TUNING_ENV, CPU_WRAPPER_OPTIONS  # noqa: E402
 
-#: Variant name -> (transformers experts implementation or None for the default, inductor options).
-_CPP_WRAPPER: dict[str, Any] = {"cpp_wrapper": True}
-_AUTOTUNE_FROZEN: dict[str, Any] = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "freezing": True}
-VARIANTS: dict[str, tuple[str | None, dict[str, Any]]] = {
-    "grouped_mm (default)": (None, {}),
-    "batched_mm experts": ("batched_mm", {}),
-    "eager experts": ("eager", {}),
-    "cpp_wrapper": (None, _CPP_WRAPPER),
-    "max_autotune + freezing": (None, _AUTOTUNE_FROZEN),
-    "all three": (None, {**_CPP_WRAPPER, **_AUTOTUNE_FROZEN}),
+#: Variant name -> (transformers experts implementation or None for the default, inductor options set globally,
+#: ``$DG_LSP_CPU_COMPILE_TUNING`` for dg-lsp's own CPU options, ``compiled_step.cpu_inductor_options``).
+#: Variants with options of their own turn dg-lsp's off, so each measures exactly the options it names.
+VARIANTS: dict[str, tuple[str | None, dict[str, Any], str]] = {
+    "stock inductor": (None, {}, "off"),
+    "batched_mm experts": ("batched_mm", {}, "off"),
+    "eager experts": ("eager", {}, "off"),
+    "cpp_wrapper": (None, CPU_WRAPPER_OPTIONS, "off"),
+    "max_autotune + freezing": (None, CPU_GEMM_OPTIONS, "off"),
+    "all three": (None, {**CPU_WRAPPER_OPTIONS, **CPU_GEMM_OPTIONS}, "off"),
+    "dg-lsp default (wrapper)": (None, {}, "wrapper"),
+    "dg-lsp max": (None, {}, "max"),
 }
 
 HOLE_FILE = "python/shapes.py"
@@ -69,7 +72,8 @@ def run_child(variant: str, threads: int, compile_step: str = "on") -> None:
     from dg_lsp.languages import get_parser
     from dg_lsp.model.loader import load_model
 
-    experts, options = VARIANTS[variant]
+    experts, options, tuning = VARIANTS[variant]
+    os.environ[CPU_TUNING_ENV] = tuning
     if experts is not None:
         setattr(weights, "experts_implementation", lambda quantize: experts)
     for key, value in options.items():

@@ -26,6 +26,7 @@ from transformers import DiffusionGemmaForBlockDiffusion
 from dg_lsp.engine.prompt_cache import PromptCache
 from dg_lsp.engine.sampler import NEVER, completion_floor, decided_pins, entropy_bound_accept
 from dg_lsp.engine.static_cache import StepCache
+from dg_lsp.model.layer_order import stable_layer_type_order
 from dg_lsp.model.typing import text_config
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,61 @@ def enable_compile_cache() -> Path:
     path.mkdir(parents=True, exist_ok=True)
     inductor_config.fx_graph_cache = True
     return path
+
+
+#: CPU compile options: ``wrapper`` (default), ``max`` or ``off`` (see :func:`cpu_inductor_options`).
+CPU_TUNING_ENV = "DG_LSP_CPU_COMPILE_TUNING"
+CPU_TUNINGS = ("wrapper", "max", "off")
+
+#: Inductor options for a CPU compile: C++ host code instead of a Python wrapper around the kernels.
+CPU_WRAPPER_OPTIONS: dict[str, Any] = {"cpp_wrapper": True}
+#: More for ``max``, small models only: weights frozen into the graph (prepacked) and matmuls
+#: autotuned between C++ GEMM templates (AMX / AVX-512 micro-kernels) and ATen.
+CPU_GEMM_OPTIONS: dict[str, Any] = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "freezing": True}
+#: Largest weights (bytes) that :data:`CPU_GEMM_OPTIONS` apply to: freezing keeps a prepacked copy of them.
+CPU_GEMM_MAX_WEIGHT_BYTES = 1 << 30
+
+
+def cpu_compile_tuning() -> str:
+    """``$DG_LSP_CPU_COMPILE_TUNING`` as one of :data:`CPU_TUNINGS` (``0`` / ``false`` / ``no`` mean off; unknown: the default, logged)."""
+    raw = os.environ.get(CPU_TUNING_ENV, "").strip().lower()
+    if raw in ("", "wrapper"):
+        return "wrapper"
+    if raw in ("0", "off", "false", "no"):
+        return "off"
+    if raw == "max":
+        return "max"
+    log.warning("$%s=%r is not one of %s; using wrapper", CPU_TUNING_ENV, raw, "|".join(CPU_TUNINGS))
+    return "wrapper"
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters (shared ones once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def cpu_inductor_options(model: DiffusionGemmaForBlockDiffusion) -> dict[str, Any]:
+    """Inductor options for compiling ``model``'s step and encoder; empty: inductor's defaults.
+
+    On a CPU, for an unquantized model, by ``$DG_LSP_CPU_COMPILE_TUNING``: ``wrapper`` (default)
+    :data:`CPU_WRAPPER_OPTIONS`; ``max`` adds :data:`CPU_GEMM_OPTIONS` when the weights fit
+    :data:`CPU_GEMM_MAX_WEIGHT_BYTES` (freezing would double a large model's weight memory); ``off``
+    none. Measured on a 2-core AVX-512 BF16 machine against inductor's defaults, interleaved
+    (``benchmarks/cpu_compile_variants.py``, ``benchmarks/RESULTS.md``): ``wrapper`` takes about
+    three quarters of the step time and keeps warm starts from the compile cache quick; ``max``
+    takes 0.69-0.71 but recompiles most of the way on every start (freezing bypasses
+    AOTAutograd's cache). Inductor's defaults on CUDA and for torchao's quantized weights (not
+    measured with these options).
+    """
+    tuning = cpu_compile_tuning()
+    if model.device.type != "cpu" or tuning == "off":
+        return {}
+    if getattr(model.config, "quantization_config", None) is not None:
+        return {}
+    options = dict(CPU_WRAPPER_OPTIONS)
+    if tuning == "max" and weight_bytes(model) <= CPU_GEMM_MAX_WEIGHT_BYTES:
+        options.update(CPU_GEMM_OPTIONS)
+    return options
 
 
 #: When the step is compiled: before the model is ready, in a background thread after it, or never.
@@ -209,14 +265,19 @@ class StepFunctions:
     def __init__(self, model: DiffusionGemmaForBlockDiffusion, compile_step: bool) -> None:
         self.compiled = compile_step
         self.cuda_graphs = compile_step and model.device.type == "cuda"
+        #: Inductor options the step and the encoder are compiled with (:func:`cpu_inductor_options`).
+        self.inductor_options: dict[str, Any] = cpu_inductor_options(model) if compile_step else {}
         forward_stats = make_forward_stats(model)
         if compile_step:
             enable_compile_cache()
+            stable_layer_type_order(model)
             # One graph with symbolic sizes serves every (context bucket, canvas) pair, so it
             # compiles once; on CUDA a graph is then recorded per pair at its first use.
             options: dict[str, Any] = {"dynamic": True}
             if self.cuda_graphs:
                 options["mode"] = "reduce-overhead"
+            elif self.inductor_options:
+                options["options"] = self.inductor_options
             self.forward_stats: Callable[..., Stats] = torch.compile(forward_stats, **options)
             self.accept_and_stop: Callable[..., Accepted] = torch.compile(accept_and_stop, **options)
         else:
@@ -226,7 +287,9 @@ class StepFunctions:
         # encode); symbolic sizes: a fresh prompt and a reused prefix are one graph each.
         self._model = model
         self._encoder: Callable[..., Any] | None = (
-            torch.compile(model.model.encoder, dynamic=True) if compile_step and model.device.type == "cpu" else None
+            torch.compile(model.model.encoder, dynamic=True, options=self.inductor_options or None)
+            if compile_step and model.device.type == "cpu"
+            else None
         )
         #: The compiled encoder under the serving stance, once :meth:`warm_encoder` compiled it.
         self._warm_encoder: Callable[..., Any] | None = None

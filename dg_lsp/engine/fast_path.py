@@ -26,7 +26,7 @@ from transformers import DiffusionGemmaForBlockDiffusion
 
 from dg_lsp.canvas import noise_ids
 from dg_lsp.engine.background_compile import BackgroundCompile, CompileState
-from dg_lsp.engine.compiled_step import StepFunctions, compile_plan, step_functions
+from dg_lsp.engine.compiled_step import StepFunctions, compile_plan, cpu_inductor_options, step_functions
 from dg_lsp.engine.denoiser import CanvasSpec, Cancelled, DenoiseOutcome, Draft, _start_canvas, embedding_dtype
 from dg_lsp.engine.prompt_cache import PromptCache
 from dg_lsp.engine.sampler import SamplerSettings, temperature
@@ -136,6 +136,8 @@ class FastDenoiser:
     def compile_facts(self) -> dict[str, object]:
         """``dg.info``'s ``compile`` entry: the setting, when it compiles, and where that stands."""
         facts: dict[str, object] = {"setting": self.settings.compile, "when": self.plan}
+        if self.plan != "never":  # inductor options it compiles (or compiled) with; {}: inductor's defaults
+            facts["options"] = self.steps.inductor_options if self.steps.compiled else cpu_inductor_options(self.model)
         if self.background is not None:
             facts.update(self.background.facts())
         facts["state"] = self.compile_state.value

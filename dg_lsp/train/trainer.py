@@ -40,6 +40,7 @@ from dg_lsp.canvas import LayoutTokens, layout_overhead, renoise, resolve_layout
 from dg_lsp.model.checkpoint import new_model, save_checkpoint
 from dg_lsp.model.geometry import GEOMETRIES
 from dg_lsp.model.loader import TRAINING_FACTS, noise_token_id, training_facts
+from dg_lsp.model.layer_order import stable_layer_type_order
 from dg_lsp.model.typing import text_config, vocab_size
 from dg_lsp.train.examples import Example, ExampleMaker, SourceFile, parallel_stream, read_corpus
 
@@ -448,6 +449,8 @@ def train(args: argparse.Namespace) -> Path:
     stream = batches(examples, config.batch_size)
     generator = torch.Generator(device=device).manual_seed(config.seed + step)
     vocab = vocab_size(model)
+    if args.compile:  # the same traced graph in every process: a resumed run reuses the compile cache
+        stable_layer_type_order(model)
     step_fn = _compiled_step(args.compile)
     width = prompt_width(config, layout) if args.compile else 0
     deadline = time.monotonic() + args.minutes * 60

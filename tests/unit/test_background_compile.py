@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from dg_lsp.engine.background_compile import BACKGROUND_COMPILE_ENV, BackgroundCompile, CompileState
+from dg_lsp.engine import compiled_step
 from dg_lsp.engine.compiled_step import StepFunctions, compile_plan
 from dg_lsp.engine.denoiser import CanvasSpec, Draft, denoise
 from dg_lsp.engine.engine import Engine
@@ -186,7 +187,8 @@ def test_the_swap_waits_for_the_request_in_progress(loaded: LoadedModel, backgro
 
 def test_background_compile_through_the_engine(loaded: LoadedModel, background_on: None) -> None:
     engine = Engine(loaded, fast_path=FastPathSettings(compile="auto"))
-    assert engine.describe()["compile"] == {"setting": "auto", "when": "background", "state": "pending"}
+    options = compiled_step.cpu_inductor_options(loaded.model)  # what it will compile with
+    assert engine.describe()["compile"] == {"setting": "auto", "when": "background", "state": "pending", "options": options}
     job = engine.background_compile()
     assert job is not None and job.shapes == (32, 64, 128, 256) and engine.background_compile() is job
     warmed: list[int] = []

@@ -180,7 +180,7 @@ def test_cpu_compile_variants_interleave_warm_workers(tmp_path: Path) -> None:
     code = cpu_compile_variants.main(
         [
             "--compile", "off",  # compiling takes minutes here; the harness is what this checks
-            "--variants", "grouped_mm (default)", "eager experts",
+            "--variants", "stock inductor", "eager experts",
             "--reps", "3",
             "--gap", "0",
             "--json", str(out),
@@ -189,9 +189,9 @@ def test_cpu_compile_variants_interleave_warm_workers(tmp_path: Path) -> None:
     assert code == 0 and out.with_suffix(".png").stat().st_size > 0
     report = json.loads(out.read_text())
     assert report["compile"] == "off" and report["reps"] == 3
-    assert list(report["samples_ms"]) == ["grouped_mm (default)", "eager experts"]
+    assert list(report["samples_ms"]) == ["stock inductor", "eager experts"]
     for variant, samples in report["samples_ms"].items():
         assert len(samples) == 3 and all(ms > 0 for ms in samples)
         assert report["summary_ms"][variant]["start_s"] > 0
-    assert report["summary_ms"]["grouped_mm (default)"]["paired_ratio_p50"] == 1.0
+    assert report["summary_ms"]["stock inductor"]["paired_ratio_p50"] == 1.0
     assert report["summary_ms"]["eager experts"]["paired_ratio_p50"] > 0

@@ -187,6 +187,33 @@ def test_compile_setting() -> None:
         should_compile("sometimes", torch.device("cpu"))
 
 
+def test_cpu_compile_options(
+    loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # building compiled steps points the cache here
+    options = compiled_step.cpu_inductor_options
+    monkeypatch.delenv(compiled_step.CPU_TUNING_ENV, raising=False)
+    assert options(loaded.model) == {"cpp_wrapper": True}  # the default on a CPU: C++ host code
+    assert StepFunctions(loaded.model, True).inductor_options == {"cpp_wrapper": True}
+    assert StepFunctions(loaded.model, False).inductor_options == {}
+    monkeypatch.setenv(compiled_step.CPU_TUNING_ENV, "max")
+    most = options(loaded.model)
+    assert most["cpp_wrapper"] and most["freezing"] and most["max_autotune"] and most["max_autotune_gemm_backends"] == "CPP,ATEN"
+    monkeypatch.setattr(compiled_step, "CPU_GEMM_MAX_WEIGHT_BYTES", compiled_step.weight_bytes(loaded.model) - 1)
+    assert options(loaded.model) == {"cpp_wrapper": True}  # too large to freeze a copy of
+    for off in ("0", "off", "False", "no"):
+        monkeypatch.setenv(compiled_step.CPU_TUNING_ENV, off)
+        assert options(loaded.model) == {}
+    monkeypatch.setenv(compiled_step.CPU_TUNING_ENV, "fastest")
+    with caplog.at_level("WARNING", logger="dg_lsp.engine.compiled_step"):
+        assert options(loaded.model) == {"cpp_wrapper": True}
+    assert "DG_LSP_CPU_COMPILE_TUNING" in caplog.text and "fastest" in caplog.text
+    monkeypatch.setenv(compiled_step.CPU_TUNING_ENV, "max")
+    monkeypatch.setattr(loaded.model.config, "quantization_config", {"quant_method": "torchao"}, raising=False)
+    assert options(loaded.model) == {}  # quantized weights: inductor's defaults
+    monkeypatch.undo()
+
+
 def test_compile_cache_lives_under_the_user_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert compile_cache_dir() == tmp_path / "dg-lsp" / "torchinductor"
@@ -200,6 +227,7 @@ def test_compiled_step_gives_the_eager_canvas(loaded: LoadedModel, monkeypatch: 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     compiled = FastDenoiser(loaded.model, FastPathSettings(compile="on"))
     assert compiled.compiled
+    assert compiled.steps.inductor_options == compiled_step.cpu_inductor_options(loaded.model) != {}  # numerics included
     # Two canvas lengths and two context buckets through one dynamic-shape graph.
     for seed, context, length in ((0, 30, 32), (1, 90, 64)):
         settings = SamplerSettings(max_steps=3)

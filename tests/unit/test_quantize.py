@@ -12,6 +12,7 @@ from dg_lsp.canvas import HoleKind
 from dg_lsp.engine.engine import Engine, InfillRequest
 from dg_lsp.engine.sampler import SamplerSettings
 from dg_lsp.model.loader import LoadedModel, ModelLoadError, load_model
+from dg_lsp.engine.compiled_step import cpu_inductor_options
 from dg_lsp.model.quantize import (
     DEQUANTIZED_EXPERTS,
     QUANTIZE_MODES,
@@ -71,6 +72,7 @@ def test_the_fused_experts_are_quantized_and_stay_tied(published_model_dir: Path
     assert isinstance(experts.gate_up_proj, TorchAOBaseTensor) and experts.gate_up_proj.dim() == 3
     assert isinstance(decoder.layers[0].self_attn.q_proj.weight, TorchAOBaseTensor)
     assert loaded.model.config.get_text_config()._experts_implementation == DEQUANTIZED_EXPERTS
+    assert cpu_inductor_options(loaded.model) == {}  # a CPU compile of quantized weights keeps inductor's defaults
     # the encoder shares the decoder's quantized tensors (one copy in memory)
     assert encoder.layers[0].experts.gate_up_proj is experts.gate_up_proj
     assert encoder.layers[0].self_attn.q_proj.weight is decoder.layers[0].self_attn.q_proj.weight
