@@ -214,6 +214,14 @@ def test_cpu_compile_options(
     monkeypatch.undo()
 
 
+def test_cuda_compiles_keep_inductors_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    monkeypatch.setenv(compiled_step.CPU_TUNING_ENV, "max")
+    on_cuda = SimpleNamespace(device=torch.device("cuda"))  # only the device is read on this branch
+    assert compiled_step.cpu_inductor_options(on_cuda) == {}  # type: ignore[arg-type]
+
+
 def test_compile_cache_lives_under_the_user_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert compile_cache_dir() == tmp_path / "dg-lsp" / "torchinductor"
