@@ -88,9 +88,9 @@ def cpu_compile_tuning() -> str:
     return "wrapper"
 
 
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the model's parameters (shared ones once)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+def parameter_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the loaded model's parameters (tied ones once; :func:`dg_lsp.model.memory.weight_bytes` estimates from a config)."""
+    return sum(p.nbytes for p in model.parameters())
 
 
 def cpu_inductor_options(model: DiffusionGemmaForBlockDiffusion) -> dict[str, Any]:
@@ -100,10 +100,9 @@ def cpu_inductor_options(model: DiffusionGemmaForBlockDiffusion) -> dict[str, An
     :data:`CPU_WRAPPER_OPTIONS`; ``max`` adds :data:`CPU_GEMM_OPTIONS` when the weights fit
     :data:`CPU_GEMM_MAX_WEIGHT_BYTES` (freezing would double a large model's weight memory); ``off``
     none. Measured on a 2-core AVX-512 BF16 machine against inductor's defaults, interleaved
-    (``benchmarks/cpu_compile_variants.py``, ``benchmarks/RESULTS.md``): ``wrapper`` takes about
-    three quarters of the step time and keeps warm starts from the compile cache quick; ``max``
-    takes 0.69-0.71 but recompiles most of the way on every start (freezing bypasses
-    AOTAutograd's cache). Inductor's defaults on CUDA and for torchao's quantized weights (not
+    (``benchmarks/cpu_compile_variants.py``, ``benchmarks/RESULTS.md``): ``wrapper`` took 0.76-0.88
+    of the step time in different runs and keeps warm starts from the compile cache quick; ``max``
+    0.69-0.94, but every start re-traces most of the way (freezing bypasses AOTAutograd's cache). Inductor's defaults on CUDA and for torchao's quantized weights (not
     measured with these options).
     """
     tuning = cpu_compile_tuning()
@@ -112,7 +111,7 @@ def cpu_inductor_options(model: DiffusionGemmaForBlockDiffusion) -> dict[str, An
     if getattr(model.config, "quantization_config", None) is not None:
         return {}
     options = dict(CPU_WRAPPER_OPTIONS)
-    if tuning == "max" and weight_bytes(model) <= CPU_GEMM_MAX_WEIGHT_BYTES:
+    if tuning == "max" and parameter_bytes(model) <= CPU_GEMM_MAX_WEIGHT_BYTES:
         options.update(CPU_GEMM_OPTIONS)
     return options
 

@@ -199,7 +199,7 @@ def test_cpu_compile_options(
     monkeypatch.setenv(compiled_step.CPU_TUNING_ENV, "max")
     most = options(loaded.model)
     assert most["cpp_wrapper"] and most["freezing"] and most["max_autotune"] and most["max_autotune_gemm_backends"] == "CPP,ATEN"
-    monkeypatch.setattr(compiled_step, "CPU_GEMM_MAX_WEIGHT_BYTES", compiled_step.weight_bytes(loaded.model) - 1)
+    monkeypatch.setattr(compiled_step, "CPU_GEMM_MAX_WEIGHT_BYTES", compiled_step.parameter_bytes(loaded.model) - 1)
     assert options(loaded.model) == {"cpp_wrapper": True}  # too large to freeze a copy of
     for off in ("0", "off", "False", "no"):
         monkeypatch.setenv(compiled_step.CPU_TUNING_ENV, off)
