@@ -98,12 +98,18 @@ def run_child(variant: str, threads: int, compile_step: str = "on") -> None:
         print(f"MS {(time.perf_counter() - began) * 1000.0:.3f}", flush=True)
 
 
-def _start(variant: str, threads: int, cache_dir: Path, compile_step: str) -> tuple[subprocess.Popen[str], float]:
-    """A warm worker process for ``variant`` and its start-up seconds (load, compile, three requests)."""
+def _start(
+    variant: str, threads: int, cache_dir: Path, compile_step: str, root: Path = ROOT
+) -> tuple[subprocess.Popen[str], float]:
+    """A warm worker process for ``variant`` and its start-up seconds (load, compile, three requests).
+
+    ``root``: the checkout whose copy of this script (and so whose ``dg_lsp``) the worker runs.
+    """
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache_dir))
+    script = root / "benchmarks" / Path(__file__).name
     worker = subprocess.Popen(
-        [sys.executable, __file__, "--child", variant, "--threads", str(threads), "--compile", compile_step],
-        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [sys.executable, str(script), "--child", variant, "--threads", str(threads), "--compile", compile_step],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=root,
     )
     assert worker.stdout is not None
     for line in worker.stdout:

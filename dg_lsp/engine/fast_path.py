@@ -300,24 +300,25 @@ class FastDenoiser:
             previous, conditioned = state.conditioning, request.unconditioned
         else:  # nothing to condition on: skip the vocab-sized softmax and matmul
             previous = conditioned = None
-        probs, entropy, argmax, conditioning = self.steps.forward_stats(
-            state.canvas, previous, conditioned, request.positions, request.masks, request.cache,
-            request.temperatures[number - 1], *(() if request.noise_token is None else (request.noise_token,)),
-        )
-        if settings.greedy:
-            proposal = argmax
-        else:  # the eager sampler's draw, from the same generator in the same order
-            proposal = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(argmax.shape)
-        noise = noise_ids(state.canvas.shape, self._vocab, generator, self.device, request.noise_id)
-        canvas, argmax, run, stop = self.steps.accept_and_stop(
-            entropy, argmax, proposal, noise, request.pinned, request.pinned_ids, state.argmax, state.run,
-            settings.entropy_bound, settings.stability_threshold, settings.confidence_threshold,
-            absorbing=(
-                (request.noise_token, state.canvas, request.remaining[number - 1])
-                if request.noise_token is not None and request.remaining is not None
-                else None
-            ),
-        )
+        with self.steps.launching(number):
+            probs, entropy, argmax, conditioning = self.steps.forward_stats(
+                state.canvas, previous, conditioned, request.positions, request.masks, request.cache,
+                request.temperatures[number - 1], *(() if request.noise_token is None else (request.noise_token,)),
+            )
+            if settings.greedy:
+                proposal = argmax
+            else:  # the eager sampler's draw, from the same generator in the same order
+                proposal = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(argmax.shape)
+            noise = noise_ids(state.canvas.shape, self._vocab, generator, self.device, request.noise_id)
+            canvas, argmax, run, stop = self.steps.accept_and_stop(
+                entropy, argmax, proposal, noise, request.pinned, request.pinned_ids, state.argmax, state.run,
+                settings.entropy_bound, settings.stability_threshold, settings.confidence_threshold,
+                absorbing=(
+                    (request.noise_token, state.canvas, request.remaining[number - 1])
+                    if request.noise_token is not None and request.remaining is not None
+                    else None
+                ),
+            )
         step = _Step(number, canvas, argmax, conditioning, run, stop, started)
         if self.steps.cuda_graphs:  # the next replay reuses the graph's output memory
             step.canvas, step.argmax, step.conditioning = canvas.clone(), argmax.clone(), conditioning.clone()

@@ -16,6 +16,7 @@ from dg_lsp.engine.compiled_step import StepFunctions, compile_cache_dir, should
 from dg_lsp.engine.denoiser import CanvasSpec, DenoiseOutcome, Draft, denoise
 from dg_lsp.engine.engine import Engine, InfillRequest
 from dg_lsp.engine.fast_path import FastDenoiser, FastPathSettings
+from dg_lsp.engine.guard_skip import COMPILED_CALLS
 from dg_lsp.engine.prompt_cache import PromptCache, cache_layers, layer_tensors
 from dg_lsp.engine.sampler import SamplerSettings
 from dg_lsp.engine.static_cache import BUCKET, StaticPromptKV, context_bucket
@@ -236,7 +237,9 @@ def test_compiled_step_gives_the_eager_canvas(loaded: LoadedModel, monkeypatch: 
     compiled = FastDenoiser(loaded.model, FastPathSettings(compile="on"))
     assert compiled.compiled
     assert compiled.steps.inductor_options == compiled_step.cpu_inductor_options(loaded.model) != {}  # numerics included
-    # Two canvas lengths and two context buckets through one dynamic-shape graph.
+    skipped_before = COMPILED_CALLS.skipped
+    # Two canvas lengths and two context buckets through one dynamic-shape graph (the second
+    # request's later steps without dynamo's guard checks).
     for seed, context, length in ((0, 30, 32), (1, 90, 64)):
         settings = SamplerSettings(max_steps=3)
         eager, quick, _, _ = both(loaded.model, compiled, prompt(seed, context), CanvasSpec(length=length), settings, seed)
@@ -246,6 +249,7 @@ def test_compiled_step_gives_the_eager_canvas(loaded: LoadedModel, monkeypatch: 
     settings = SamplerSettings(max_steps=4, entropy_bound=1e-9)
     eager, quick, _, _ = both(loaded.model, compiled, prompt(2, 40), CanvasSpec(length=32, noise_id=3), settings, 2)
     assert (quick.canvas, quick.steps) == (eager.canvas, eager.steps)
+    assert compiled.steps.guards_checked and COMPILED_CALLS.skipped > skipped_before
     assert (tmp_path / "inductor").is_dir()
 
 
