@@ -289,6 +289,32 @@ def measure_path(name: str, call: Callable[[int], int | None], steps: int, reps:
     return result
 
 
+def interleaved_ratio(calls: dict[str, Callable[[int], int | None]], steps: int, rounds: int, device: torch.device) -> dict[str, Any]:
+    """Per-step ms of already warm paths measured round by round, and each path's paired ratio to the first.
+
+    Each round times every path at ``steps`` and at 1 step, one path after another (the order
+    rotates), so slow and fast moments of the machine hit all paths alike; per round and path,
+    ms/step = (t(steps) - t(1)) / (steps - 1). The ratio is the median over rounds of a path's
+    ms/step over the first path's in the same round.
+    """
+    names = list(calls)
+    per_step: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        for name in names[index % len(names):] + names[:index % len(names)]:
+            full = timed(lambda: calls[name](steps), device)[1]
+            one = timed(lambda: calls[name](1), device)[1]
+            per_step[name].append((full - one) / (steps - 1))
+    base = per_step[names[0]]
+    return {
+        "rounds": rounds,
+        "ms_per_step_median": {name: median(values) for name, values in per_step.items()},
+        "paired_ratio_to_first": {
+            name: median([value / reference for value, reference in zip(values, base)]) for name, values in per_step.items()
+        },
+        "ms_per_step_samples": per_step,
+    }
+
+
 # -- the paths ---------------------------------------------------------------------------------
 
 
@@ -571,6 +597,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as exc:  # a compile failure is a result, not a crash
             paths["fast_compiled"] = PathResult("fast path, compiled", skipped=f"failed: {type(exc).__name__}: {exc}"[:500])
 
+    interleaved: dict[str, Any] | None = None
+    if args.interleave > 0 and "fast_compiled" in paths and paths["fast_compiled"].skipped is None:
+        log(f"stock vs compiled fast path, {args.interleave} interleaved rounds")
+        interleaved = interleaved_ratio(
+            {
+                "stock_dynamic": stock_call(model, prompt_device, canvas, never_stable, static=False),
+                "fast_greedy": fast_call(eager_fast, model, prompt_list, canvas, True, args.seed, []),
+                "fast_compiled": fast_call(compiled, model, prompt_list, canvas, True, args.seed, []),
+            },
+            steps, args.interleave, device,
+        )
+
     contexts = [int(c) for c in (args.contexts or ("512,2048,8192" if device.type == "cuda" else "512,2048")).split(",") if c.strip()]
     log(f"timing prefill at {contexts}")
     prefill = prefill_times(subject, contexts, max(1, min(args.reps, 3)), args.seed)
@@ -634,6 +672,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "process_warmup_s": warm_ms / 1000.0,
         "paths": {key: path.as_dict(steps, canvas) for key, path in paths.items()},
         "headline": headline,
+        "interleaved": interleaved,
         "prefill_ms": prefill,
         "typing": typing,
     }
@@ -702,6 +741,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(text_table(PATH_HEADERS, _path_rows(report)))
     for key, ratio in report["headline"].items():
         print(f"{key}: {ratio:.3f}")
+    if report.get("interleaved"):
+        print(interleaved_line(report["interleaved"]))
     print("\nprefill (ms)")
     print(text_table(["context", "stock encoder", "engine PromptCache.encode"], _prefill_rows(report)))
     if report["typing"]:
@@ -716,6 +757,16 @@ def print_report(report: dict[str, Any]) -> None:
     print("\n--- markdown for benchmarks/RESULTS.md ---")
     print(markdown_block(report))
     print("--- end ---")
+
+
+def interleaved_line(interleaved: dict[str, Any]) -> str:
+    """The interleaved measurement in one sentence."""
+    ms, ratio = interleaved["ms_per_step_median"], interleaved["paired_ratio_to_first"]
+    return (
+        f"Interleaved ({interleaved['rounds']} rounds, paths alternating): ms/step stock {ms['stock_dynamic']:.2f}, "
+        f"fast path {ms['fast_greedy']:.2f}, compiled {ms['fast_compiled']:.2f}; **compiled / stock paired "
+        f"{ratio['fast_compiled']:.3f} ({1.0 / ratio['fast_compiled']:.2f}x)**, fast path / stock {ratio['fast_greedy']:.3f}."
+    )
 
 
 def markdown_block(report: dict[str, Any]) -> str:
@@ -757,6 +808,7 @@ def markdown_block(report: dict[str, Any]) -> str:
         )
         + f". One-off process warm-up before timing: {report['process_warmup_s']:.2f} s.",
         "",
+        *([interleaved_line(report["interleaved"]), ""] if report.get("interleaved") else []),
         markdown_table(["context", "stock encoder ms", "engine PromptCache.encode ms"], _prefill_rows(report)),
     ]
     if report["typing"]:
@@ -851,6 +903,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--typing-kind", default="rest_of_line", choices=["rest_of_line", "line", "block"])
     parser.add_argument("--typing-steps", type=int, default=None, help="steps per keystroke (default --steps)")
     parser.add_argument("--typing-context", type=int, default=None, help="context token budget (default: the whole file)")
+    parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                        help="also time stock, the fast path and the compiled fast path round by round (paired ratios; 0 = off)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="report path (default benchmarks/results/engine_bench_<model>_<device>.json)")
