@@ -8,7 +8,10 @@ stable-and-confident stopping rule. Neither reads anything back to the host, so 
 the whole step is queued without a sync (and with CUDA graphs, replayed as one launch).
 
 The arithmetic is the eager path's (:mod:`dg_lsp.engine.sampler`, transformers'
-``DiffusionGemmaDecoderModel.forward``) operation for operation; only where it runs differs.
+``DiffusionGemmaDecoderModel.forward``) operation for operation; only where it runs differs,
+and, compiled on a CPU, the form of two operations inductor handles slowly there (the soft-cap's
+``tanh`` and the argmax: :func:`exp_tanh`, :func:`first_argmax`). From a request's second step on,
+the compiled calls skip dynamo's guard checks (:mod:`dg_lsp.engine.guard_skip`).
 """
 
 from __future__ import annotations
@@ -200,16 +203,16 @@ def decoder_logits(
     return logits
 
 
-def make_forward_stats(model: DiffusionGemmaForBlockDiffusion, compiled: bool = False) -> Callable[..., Stats]:
+def make_forward_stats(model: DiffusionGemmaForBlockDiffusion, cpu_kernels: bool = False) -> Callable[..., Stats]:
     """``(canvas, conditioning, conditioned, positions, masks, cache, temperature[, noise token]) -> (probs, entropy, argmax, next conditioning)``.
 
-    ``compiled``: for ``torch.compile``, with the soft-capping's ``tanh`` and the argmax in forms
-    inductor vectorizes on a CPU (:func:`exp_tanh`, :func:`first_argmax`; the same argmax, logits
+    ``cpu_kernels``: for ``torch.compile`` on a CPU, with the soft-capping's ``tanh`` and the argmax in
+    forms inductor vectorizes there (:func:`exp_tanh`, :func:`first_argmax`; the same argmax, logits
     within ~1e-5 of transformers' own).
     """
     embed_dtype = model.model.decoder.embed_tokens.weight.dtype
-    tanh = exp_tanh if compiled else torch.tanh
-    argmax_of: Callable[[torch.Tensor], torch.Tensor] = first_argmax if compiled else (lambda values: values.argmax(dim=-1))
+    tanh = exp_tanh if cpu_kernels else torch.tanh
+    argmax_of: Callable[[torch.Tensor], torch.Tensor] = first_argmax if cpu_kernels else (lambda values: values.argmax(dim=-1))
 
     def forward_stats(
         canvas: torch.Tensor,
@@ -300,7 +303,8 @@ class StepFunctions:
         self.cuda_graphs = compile_step and model.device.type == "cuda"
         #: Inductor options the step and the encoder are compiled with (:func:`cpu_inductor_options`).
         self.inductor_options: dict[str, Any] = cpu_inductor_options(model) if compile_step else {}
-        forward_stats = make_forward_stats(model, compiled=compile_step)
+        # The CPU forms of tanh and argmax only where they were measured (inductor's C++ kernels).
+        forward_stats = make_forward_stats(model, cpu_kernels=compile_step and model.device.type == "cpu")
         if compile_step:
             enable_compile_cache()
             stable_layer_type_order(model)
