@@ -27,7 +27,7 @@ timeout 80 "$PY" -m pytest tests/gpu/test_fast_path_cuda.py -x -q || status=1
 
 step "engine_bench 26b-a4b (stock static skipped: measured before at 44 ms/step, 190 s to compile)"
 timeout 270 "$PY" benchmarks/engine_bench.py --geometry 26b-a4b --device cuda --dtype bfloat16 \
-    --steps 16 --canvas 256 --context 2048 --contexts 2048 --reps 3 --no-static \
+    --steps 16 --canvas 256 --context 2048 --contexts 2048 --reps 3 --interleave 5 --no-static \
     --keystrokes 8 --typing-tokens 2048 --typing-context 2048 --typing-kind line \
     --json "$OUT/engine_bench_26b-a4b_cuda_fast.json" --plot "$OUT/engine_bench_26b-a4b_cuda_fast.png" || status=1
 
