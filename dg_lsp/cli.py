@@ -72,10 +72,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the language server over stdio or TCP."""
     from dg_lsp.server.model_manager import QUANTIZE_ENV
     from dg_lsp.server.server import create_server
+    from dg_lsp.server.thread_pool import start_all_workers
 
     if args.quantize:  # the default for the settings' "quantize" (which wins when set)
         os.environ[QUANTIZE_ENV] = args.quantize
     server = create_server(args.model)
+    start_all_workers(server.thread_pool)  # no thread starts later, when memory may be short
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         server.start_tcp(host or "127.0.0.1", int(port))
