@@ -129,6 +129,26 @@ def _time_one(worker: subprocess.Popen[str]) -> float:
     raise RuntimeError("a worker exited in the middle of the run")
 
 
+def time_interleaved(workers: dict[str, subprocess.Popen[str]], reps: int, gap: float) -> dict[str, list[float]]:
+    """One completion from each warm worker in turn (the order rotates every round), ``reps`` rounds; ms per worker."""
+    from tqdm import tqdm
+
+    names = list(workers)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in tqdm(range(reps), desc="interleaved", unit="round"):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            time.sleep(gap)
+            times[name].append(_time_one(workers[name]))
+    return times
+
+
+def stop_workers(workers: dict[str, subprocess.Popen[str]]) -> None:
+    """Kill and reap the worker processes."""
+    for worker in workers.values():
+        worker.kill()
+        worker.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=40, help="completions per variant, interleaved")
@@ -147,21 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     variants: list[str] = args.variants
-    times: dict[str, list[float]] = {variant: [] for variant in variants}
     start_s: dict[str, float] = {}
     workers: dict[str, subprocess.Popen[str]] = {}
     with tempfile.TemporaryDirectory(prefix="dg-lsp-variants-") as tmp:
         try:
             for index, variant in enumerate(tqdm(variants, desc="compile", unit="variant")):
                 workers[variant], start_s[variant] = _start(variant, args.threads, Path(tmp) / str(index), args.compile)
-            for rep in tqdm(range(args.reps), desc="interleaved", unit="round"):
-                for variant in variants[rep % len(variants):] + variants[:rep % len(variants)]:
-                    time.sleep(args.gap)
-                    times[variant].append(_time_one(workers[variant]))
+            times = time_interleaved(workers, args.reps, args.gap)
         finally:
-            for worker in workers.values():
-                worker.kill()
-                worker.wait()
+            stop_workers(workers)
     base = times[variants[0]]
     summary = {
         variant: {**summarize(values), "start_s": start_s[variant],

@@ -18,14 +18,13 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks.common`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import RESULTS_DIR, ROOT, command_line, machine_info, pyplot, summarize, utc_now, write_json  # noqa: E402
-from benchmarks.cpu_compile_variants import HOLE_FILE, HOLE_LINE, _start, _time_one  # noqa: E402
+from benchmarks.cpu_compile_variants import HOLE_FILE, HOLE_LINE, _start, stop_workers, time_interleaved  # noqa: E402
 
 #: The worker variant both sides run: dg-lsp's own CPU compile options.
 VARIANT = "dg-lsp default (wrapper)"
@@ -54,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from tqdm import tqdm
 
-    times: dict[str, list[float]] = {"baseline": [], "this tree": []}
     start_s: dict[str, float] = {}
     workers: dict[str, subprocess.Popen[str]] = {}
     with tempfile.TemporaryDirectory(prefix="dg-lsp-ab-") as tmp:
@@ -65,15 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for index, (side, root) in enumerate(tqdm(roots.items(), desc="compile", unit="side")):
                 workers[side], start_s[side] = _start(VARIANT, args.threads, Path(tmp) / f"inductor{index}", "on", root)
-            sides = list(roots)
-            for rep in tqdm(range(args.reps), desc="interleaved", unit="round"):
-                for side in sides[rep % 2:] + sides[:rep % 2]:
-                    time.sleep(args.gap)
-                    times[side].append(_time_one(workers[side]))
+            times = time_interleaved(workers, args.reps, args.gap)
         finally:
-            for worker in workers.values():
-                worker.kill()
-                worker.wait()
+            stop_workers(workers)
     ratios = sorted(new / old for new, old in zip(times["this tree"], times["baseline"]))
     summary = {side: {**summarize(values), "start_s": start_s[side]} for side, values in times.items()}
     paired = {"p50": ratios[len(ratios) // 2], "p25": ratios[len(ratios) // 4], "p75": ratios[(3 * len(ratios)) // 4]}

@@ -3,7 +3,7 @@
 Before each call of a compiled function dynamo checks its guards (the inputs' shapes, dtypes,
 the Python constants it specialised on): ~0.1 ms per call on a CPU, two calls per denoising
 step. Inside one request every step after the first passes the step functions inputs with the
-metadata of the first step's (same shapes, dtypes and constants; only tensor values change),
+same metadata as the first step's (shapes, dtypes, constants; only tensor values change),
 so once the first step ran with the checks, the later ones can skip them with
 ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)`` (dynamo then runs only the guards that
 tell its cached graphs apart).
