@@ -565,17 +565,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     _, warm_ms = timed(process_warmup, device)
 
+    def done(result: PathResult) -> PathResult:
+        """Log a finished path at once (a run cut short by a time limit keeps what it measured)."""
+        if result.skipped is None:
+            log(f"  {result.name}: {result.step_ms(steps):.2f} ms/step, {result.canvas_ms():.1f} ms per {steps}-step canvas, first call {result.warmup_s:.1f} s")
+        return result
+
     paths: dict[str, PathResult] = {}
     never_stable = steps + 1
     log("timing stock generate (dynamic cache)")
-    paths["stock_dynamic"] = measure_path("stock generate, dynamic cache", stock_call(model, prompt_device, canvas, never_stable, static=False), steps, args.reps, device)
+    paths["stock_dynamic"] = done(measure_path("stock generate, dynamic cache", stock_call(model, prompt_device, canvas, never_stable, static=False), steps, args.reps, device))
     loop_sampled: list[float] = []
     log("timing engine (sampled, as stock)")
-    paths["engine_sampled"] = measure_path("dg-lsp engine, sampled", engine_call(model, prompt_list, canvas, False, args.seed, loop_sampled), steps, args.reps, device)
+    paths["engine_sampled"] = done(measure_path("dg-lsp engine, sampled", engine_call(model, prompt_list, canvas, False, args.seed, loop_sampled), steps, args.reps, device))
     paths["engine_sampled"].loop_step_ms = loop_sampled
     loop_greedy: list[float] = []
     log("timing engine (greedy, as the server)")
-    paths["engine_greedy"] = measure_path("dg-lsp engine, greedy", engine_call(model, prompt_list, canvas, True, args.seed, loop_greedy), steps, args.reps, device)
+    paths["engine_greedy"] = done(measure_path("dg-lsp engine, greedy", engine_call(model, prompt_list, canvas, True, args.seed, loop_greedy), steps, args.reps, device))
     paths["engine_greedy"].loop_step_ms = loop_greedy
     from dg_lsp.engine.fast_path import FastDenoiser, FastPathSettings
 
@@ -583,7 +589,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for key, greedy in (("fast_sampled", False), ("fast_greedy", True)):
         loop: list[float] = []
         log(f"timing engine fast path ({key})")
-        paths[key] = measure_path(f"dg-lsp fast path, {key}", fast_call(eager_fast, model, prompt_list, canvas, greedy, args.seed, loop), steps, args.reps, device)
+        paths[key] = done(measure_path(f"dg-lsp fast path, {key}", fast_call(eager_fast, model, prompt_list, canvas, greedy, args.seed, loop), steps, args.reps, device))
         paths[key].loop_step_ms = loop
     if args.no_compile:
         paths["fast_compiled"] = PathResult("fast path, compiled", skipped="--no-compile")
@@ -592,7 +598,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             compiled = FastDenoiser(model, FastPathSettings(compile="on"))
             loop = []
-            paths["fast_compiled"] = measure_path("dg-lsp fast path, compiled", fast_call(compiled, model, prompt_list, canvas, True, args.seed, loop), steps, args.reps, device)
+            paths["fast_compiled"] = done(measure_path("dg-lsp fast path, compiled", fast_call(compiled, model, prompt_list, canvas, True, args.seed, loop), steps, args.reps, device))
             paths["fast_compiled"].loop_step_ms = loop
         except Exception as exc:  # a compile failure is a result, not a crash
             paths["fast_compiled"] = PathResult("fast path, compiled", skipped=f"failed: {type(exc).__name__}: {exc}"[:500])
@@ -608,15 +614,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             },
             steps, args.interleave, device,
         )
+        log(f"  interleaved ms/step {interleaved['ms_per_step_median']}, paired ratio to stock {interleaved['paired_ratio_to_first']}")
 
     contexts = [int(c) for c in (args.contexts or ("512,2048,8192" if device.type == "cuda" else "512,2048")).split(",") if c.strip()]
     log(f"timing prefill at {contexts}")
     prefill = prefill_times(subject, contexts, max(1, min(args.reps, 3)), args.seed)
+    log(f"  prefill ms: {prefill}")
 
     typing: dict[str, Any] | None = None
     if args.keystrokes > 0:
         log(f"typing simulation: {args.keystrokes} keystrokes into a ~{args.typing_tokens}-token file")
         typing = typing_simulation(subject, args)
+        log(f"  keystroke to final: {typing['reuse']['latency_ms']} (prompt reuse); {typing['no_reuse']['latency_ms']} (none)")
 
     if device.type != "cuda":
         paths["stock_static"] = PathResult("stock generate, static cache", skipped="CUDA only")
@@ -625,7 +634,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:  # last: it compiles (and captures CUDA graphs) on the model
         log("timing stock generate (static cache, compiled; the first call compiles)")
         try:
-            paths["stock_static"] = measure_path("stock generate, static cache", stock_call(model, prompt_device, canvas, never_stable, static=True), steps, args.reps, device)
+            paths["stock_static"] = done(measure_path("stock generate, static cache", stock_call(model, prompt_device, canvas, never_stable, static=True), steps, args.reps, device))
         except Exception as exc:  # a compile failure is a result, not a crash
             paths["stock_static"] = PathResult("stock generate, static cache", skipped=f"failed: {type(exc).__name__}: {exc}"[:500])
 
