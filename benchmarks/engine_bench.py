@@ -575,19 +575,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     never_stable = steps + 1
     log("timing stock generate (dynamic cache)")
     paths["stock_dynamic"] = done(measure_path("stock generate, dynamic cache", stock_call(model, prompt_device, canvas, never_stable, static=False), steps, args.reps, device))
-    loop_sampled: list[float] = []
-    log("timing engine (sampled, as stock)")
-    paths["engine_sampled"] = done(measure_path("dg-lsp engine, sampled", engine_call(model, prompt_list, canvas, False, args.seed, loop_sampled), steps, args.reps, device))
-    paths["engine_sampled"].loop_step_ms = loop_sampled
-    loop_greedy: list[float] = []
-    log("timing engine (greedy, as the server)")
-    paths["engine_greedy"] = done(measure_path("dg-lsp engine, greedy", engine_call(model, prompt_list, canvas, True, args.seed, loop_greedy), steps, args.reps, device))
-    paths["engine_greedy"].loop_step_ms = loop_greedy
+    skip = {key.strip() for key in (args.skip or "").split(",") if key.strip()}
+    for key, greedy, label in (("engine_sampled", False, "sampled, as stock"), ("engine_greedy", True, "greedy, as the server")):
+        if key in skip:
+            paths[key] = PathResult(f"dg-lsp engine, {label}", skipped="--skip")
+            continue
+        loop: list[float] = []
+        log(f"timing engine ({label})")
+        paths[key] = done(measure_path(f"dg-lsp engine, {label}", engine_call(model, prompt_list, canvas, greedy, args.seed, loop), steps, args.reps, device))
+        paths[key].loop_step_ms = loop
     from dg_lsp.engine.fast_path import FastDenoiser, FastPathSettings
 
     eager_fast = FastDenoiser(model, FastPathSettings(compile="off"))
     for key, greedy in (("fast_sampled", False), ("fast_greedy", True)):
-        loop: list[float] = []
+        if key in skip:
+            paths[key] = PathResult(f"dg-lsp fast path, {key}", skipped="--skip")
+            continue
+        loop = []
         log(f"timing engine fast path ({key})")
         paths[key] = done(measure_path(f"dg-lsp fast path, {key}", fast_call(eager_fast, model, prompt_list, canvas, greedy, args.seed, loop), steps, args.reps, device))
         paths[key].loop_step_ms = loop
@@ -906,6 +910,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reps", type=int, default=5, help="timed calls per measurement (medians)")
     parser.add_argument("--no-compile", action="store_true", help="skip the engine's compiled fast path")
     parser.add_argument("--no-static", action="store_true", help="skip stock's static-cache (compiled) path on CUDA")
+    parser.add_argument("--skip", default=None, metavar="PATHS",
+                        help="comma-separated uncompiled paths not to time: engine_sampled, engine_greedy, fast_sampled (e.g. when measured before)")
     parser.add_argument("--typing-tokens", type=int, default=2048, help="size of the typing simulation's file")
     parser.add_argument("--keystrokes", type=int, default=20, help="characters typed (0 = no typing simulation)")
     parser.add_argument("--typed-text", default=DEFAULT_TYPED, help="what is typed, repeated as needed")

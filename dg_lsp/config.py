@@ -119,8 +119,8 @@ class ServerOptions:
     reuse_prompt_cache: bool = True
     #: Static prompt KV, fixed shapes and a denoising step with no host sync (false: transformers' eager path).
     fast_path: bool = True
-    #: Compile the denoising step: auto (CUDA: before the server is ready; CPU: in a background thread
-    #: after it, swapped in between requests), on (before ready), off (never).
+    #: Compile the denoising step: auto (CPU: in a background thread after the server is ready,
+    #: swapped in between requests; CUDA: not yet, see compile_plan), on (before ready), off (never).
     compile: Literal["auto", "on", "off"] = "auto"
     completion: CompletionOptions = CompletionOptions()
     rewrite: RewriteOptions = RewriteOptions()

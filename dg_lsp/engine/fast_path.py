@@ -42,7 +42,7 @@ class FastPathSettings:
 
     #: Static prompt KV + fixed shapes + sync-free step (False: the eager transformers path).
     enabled: bool = True
-    #: ``on`` (before the first request), ``off``, or ``auto`` (on CUDA: on; on a CPU: in the
+    #: ``on`` (before the first request), ``off``, or ``auto`` (on CUDA: off for now; on a CPU: in the
     #: background once :meth:`FastDenoiser.background_compile`'s compile is started).
     compile: str = "auto"
     #: A draft every this many steps (the final canvas is always reported).
@@ -104,6 +104,8 @@ class FastDenoiser:
             self.steps.warm_encoder()
         #: The background compile, once :meth:`background_compile` made it.
         self.background: BackgroundCompile[StepFunctions] | None = None
+        #: Why the step compiled up front (plan ``now``) was dropped for the uncompiled one, if it was.
+        self.compile_error: str | None = None
         #: Held for a whole request: a compiled step is swapped in only between requests.
         self._in_use = threading.Lock()
         self._vocab = vocab_size(model)
@@ -129,6 +131,8 @@ class FastDenoiser:
         """``ready`` when the step in use is compiled; else off, pending, compiling or failed."""
         if self.background is not None:
             return self.background.state
+        if self.compile_error is not None:
+            return CompileState.FAILED
         if self.steps.compiled:
             return CompileState.READY
         return CompileState.PENDING if self.plan == "background" else CompileState.OFF
@@ -140,6 +144,8 @@ class FastDenoiser:
             facts["options"] = self.steps.inductor_options if self.steps.compiled else cpu_inductor_options(self.model)
         if self.background is not None:
             facts.update(self.background.facts())
+        elif self.compile_error is not None:
+            facts["error"] = self.compile_error
         facts["state"] = self.compile_state.value
         return facts
 
@@ -191,8 +197,10 @@ class FastDenoiser:
     ) -> DenoiseOutcome:
         """Denoise one canvas after the prompt ``cache`` holds; raises :class:`Cancelled`.
 
-        A step compiled in the background that fails here is dropped (logged once, ``dg.info``
-        shows ``failed``) and the request runs again on the uncompiled step.
+        A compiled step that fails here (its compile or a run: a backend this machine's compiler
+        or driver cannot build, say), whether compiled in the background or up front, is dropped
+        (logged once, ``dg.info`` shows ``failed`` and why) and the request runs again on the
+        uncompiled step, as does every later one.
         """
         with self._in_use:
             try:
@@ -200,13 +208,15 @@ class FastDenoiser:
             except Cancelled:
                 raise
             except Exception as exc:
-                background = self.background
-                if background is None or not self.steps.compiled:
+                if not self.steps.compiled:
                     raise
-                background.state = CompileState.FAILED
-                background.error = f"the compiled step failed: {type(exc).__name__}: {exc}"[:2000]
-                log.warning("the compiled denoising step failed; back to the uncompiled step: %s", background.error,
-                            exc_info=True)
+                error = f"the compiled step failed: {type(exc).__name__}: {exc}"[:2000]
+                background = self.background
+                if background is not None:
+                    background.state, background.error = CompileState.FAILED, error
+                else:
+                    self.compile_error = error
+                log.warning("the compiled denoising step failed; back to the uncompiled step: %s", error, exc_info=True)
                 self.steps = step_functions(self.model, False)
         with self._in_use:
             return self._denoise(cache, spec, settings, seed, on_draft, cancelled)

@@ -20,7 +20,7 @@ def test_compiled_cuda_graph_step_gives_the_eager_canvases(tiny_model_dir: Path,
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     model = load_model(tiny_model_dir, device="cuda", dtype="float32").model
-    fast = FastDenoiser(model, FastPathSettings(compile="auto", draft_interval=2))
+    fast = FastDenoiser(model, FastPathSettings(compile="on", draft_interval=2))
     assert fast.compiled and fast.steps.cuda_graphs
     rng = random.Random(0)
     for seed, context, length in ((0, 40, 32), (1, 100, 64), (2, 40, 32)):
@@ -45,7 +45,7 @@ def test_engine_uses_the_compiled_fast_path_on_cuda(tiny_model_dir: Path, tmp_pa
     from dg_lsp.model.loader import load_model
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    fast = Engine(load_model(tiny_model_dir, device="cuda", dtype="float32"))
+    fast = Engine(load_model(tiny_model_dir, device="cuda", dtype="float32"), fast_path=FastPathSettings(compile="on"))
     eager = Engine(load_model(tiny_model_dir, device="cuda", dtype="float32"), fast_path=FastPathSettings(enabled=False))
     assert fast.fast is not None and fast.fast.compiled
     request = InfillRequest(
