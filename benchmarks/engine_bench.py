@@ -460,7 +460,13 @@ def typing_simulation(subject: Subject, args: argparse.Namespace) -> dict[str, A
     steps = args.typing_steps or args.steps
     kind = HoleKind[args.typing_kind.upper()]
     settings = SamplerSettings(max_steps=steps, confidence_threshold=-1.0)  # greedy, as the server
-    engines = {"reuse": Engine(subject.loaded, reuse_prompt_cache=True), "no_reuse": Engine(subject.loaded, reuse_prompt_cache=False)}
+    from dg_lsp.engine.fast_path import FastPathSettings
+
+    fast_path = FastPathSettings(compile=args.typing_compile)
+    engines = {
+        "reuse": Engine(subject.loaded, reuse_prompt_cache=True, fast_path=fast_path),
+        "no_reuse": Engine(subject.loaded, reuse_prompt_cache=False, fast_path=fast_path),
+    }
     device = subject.device
 
     def request(prefix: str) -> Any:
@@ -501,6 +507,7 @@ def typing_simulation(subject: Subject, args: argparse.Namespace) -> dict[str, A
         "keystrokes": len(typed),
         "context_budget": budget,
         "kind": kind.name,
+        "compile": args.typing_compile,
         "canvas": canvas_length,
         "steps": steps,
     }
@@ -595,6 +602,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"timing engine fast path ({key})")
         paths[key] = done(measure_path(f"dg-lsp fast path, {key}", fast_call(eager_fast, model, prompt_list, canvas, greedy, args.seed, loop), steps, args.reps, device))
         paths[key].loop_step_ms = loop
+    graphs: Any = None
+    if device.type != "cuda":
+        paths["fast_graphs"] = PathResult("fast path, CUDA graphs", skipped="CUDA only")
+    else:
+        log("timing engine fast path, CUDA graphs of the uncompiled step (the first call of a shape captures)")
+        try:
+            graphs = FastDenoiser(model, FastPathSettings(compile="graphs"))
+            loop = []
+            paths["fast_graphs"] = done(measure_path("dg-lsp fast path, CUDA graphs", fast_call(graphs, model, prompt_list, canvas, True, args.seed, loop), steps, args.reps, device))
+            paths["fast_graphs"].loop_step_ms = loop
+        except Exception as exc:  # a capture failure is a result, not a crash
+            graphs = None
+            paths["fast_graphs"] = PathResult("fast path, CUDA graphs", skipped=f"failed: {type(exc).__name__}: {exc}"[:500])
+    compiled: Any = None
     if args.no_compile:
         paths["fast_compiled"] = PathResult("fast path, compiled", skipped="--no-compile")
     else:
@@ -605,16 +626,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             paths["fast_compiled"] = done(measure_path("dg-lsp fast path, compiled", fast_call(compiled, model, prompt_list, canvas, True, args.seed, loop), steps, args.reps, device))
             paths["fast_compiled"].loop_step_ms = loop
         except Exception as exc:  # a compile failure is a result, not a crash
+            compiled = None
             paths["fast_compiled"] = PathResult("fast path, compiled", skipped=f"failed: {type(exc).__name__}: {exc}"[:500])
 
     interleaved: dict[str, Any] | None = None
-    if args.interleave > 0 and "fast_compiled" in paths and paths["fast_compiled"].skipped is None:
-        log(f"stock vs compiled fast path, {args.interleave} interleaved rounds")
+    faster = {key: denoiser for key, denoiser in (("fast_graphs", graphs), ("fast_compiled", compiled)) if denoiser is not None and paths[key].skipped is None}
+    if args.interleave > 0 and faster:
+        log(f"stock vs fast path vs {', '.join(faster)}, {args.interleave} interleaved rounds")
         interleaved = interleaved_ratio(
             {
                 "stock_dynamic": stock_call(model, prompt_device, canvas, never_stable, static=False),
                 "fast_greedy": fast_call(eager_fast, model, prompt_list, canvas, True, args.seed, []),
-                "fast_compiled": fast_call(compiled, model, prompt_list, canvas, True, args.seed, []),
+                **{key: fast_call(denoiser, model, prompt_list, canvas, True, args.seed, []) for key, denoiser in faster.items()},
             },
             steps, args.interleave, device,
         )
@@ -649,6 +672,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "fast_sampled_over_stock_dynamic_per_step": paths["fast_sampled"].step_ms(steps) / stock_step,
         "fast_greedy_over_stock_dynamic_per_step": paths["fast_greedy"].step_ms(steps) / stock_step,
     }
+    graphs_step = paths["fast_graphs"].step_ms(steps)
+    if not math.isnan(graphs_step):
+        headline["fast_graphs_over_stock_dynamic_per_step"] = graphs_step / stock_step
     compiled_step = paths["fast_compiled"].step_ms(steps)
     if not math.isnan(compiled_step):
         headline["fast_compiled_over_stock_dynamic_per_step"] = compiled_step / stock_step
@@ -700,6 +726,7 @@ PATH_LABELS = {
     "engine_greedy": "engine eager path, greedy",
     "fast_sampled": "engine fast path, sampled",
     "fast_greedy": "engine fast path, greedy (server default)",
+    "fast_graphs": "engine fast path, greedy, CUDA graphs of the uncompiled step",
     "fast_compiled": "engine fast path, greedy, compiled",
 }
 
@@ -775,10 +802,14 @@ def print_report(report: dict[str, Any]) -> None:
 def interleaved_line(interleaved: dict[str, Any]) -> str:
     """The interleaved measurement in one sentence."""
     ms, ratio = interleaved["ms_per_step_median"], interleaved["paired_ratio_to_first"]
+    names = {"stock_dynamic": "stock", "fast_greedy": "fast path", "fast_graphs": "CUDA graphs", "fast_compiled": "compiled"}
+    faster = [key for key in ("fast_graphs", "fast_compiled") if key in ms]
     return (
-        f"Interleaved ({interleaved['rounds']} rounds, paths alternating): ms/step stock {ms['stock_dynamic']:.2f}, "
-        f"fast path {ms['fast_greedy']:.2f}, compiled {ms['fast_compiled']:.2f}; **compiled / stock paired "
-        f"{ratio['fast_compiled']:.3f} ({1.0 / ratio['fast_compiled']:.2f}x)**, fast path / stock {ratio['fast_greedy']:.3f}."
+        f"Interleaved ({interleaved['rounds']} rounds, paths alternating): ms/step "
+        + ", ".join(f"{names.get(key, key)} {value:.2f}" for key, value in ms.items())
+        + "; "
+        + ", ".join(f"**{names[key]} / stock paired {ratio[key]:.3f} ({1.0 / ratio[key]:.2f}x)**" for key in faster)
+        + f", fast path / stock {ratio['fast_greedy']:.3f}."
     )
 
 
@@ -815,6 +846,7 @@ def markdown_block(report: dict[str, Any]) -> str:
             for key, label in (
                 ("fast_greedy_over_stock_dynamic_per_step", "fast path / stock (greedy)"),
                 ("fast_sampled_over_stock_dynamic_per_step", "fast path / stock (sampled)"),
+                ("fast_graphs_over_stock_dynamic_per_step", "fast path CUDA graphs / stock"),
                 ("fast_compiled_over_stock_dynamic_per_step", "fast path compiled / stock"),
             )
             if key in head
@@ -918,6 +950,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--typing-kind", default="rest_of_line", choices=["rest_of_line", "line", "block"])
     parser.add_argument("--typing-steps", type=int, default=None, help="steps per keystroke (default --steps)")
     parser.add_argument("--typing-context", type=int, default=None, help="context token budget (default: the whole file)")
+    parser.add_argument("--typing-compile", default="auto", choices=["auto", "on", "off", "graphs"], help="the engines' compile setting")
     parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
                         help="also time stock, the fast path and the compiled fast path round by round (paired ratios; 0 = off)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")

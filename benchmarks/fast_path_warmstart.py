@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--geometry", default=None, help="random-weight model of this geometry instead (engine_bench's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--compile", default="on", choices=["auto", "on", "off"])
+    parser.add_argument("--compile", default="on", choices=["auto", "on", "off", "graphs"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--context", type=int, default=0, help="also warm a prompt of this many tokens (e.g. 2048)")
     parser.add_argument("--json", type=Path, default=None, help="append the result line to this file")

@@ -120,8 +120,9 @@ class ServerOptions:
     #: Static prompt KV, fixed shapes and a denoising step with no host sync (false: transformers' eager path).
     fast_path: bool = True
     #: Compile the denoising step: auto (CPU: in a background thread after the server is ready,
-    #: swapped in between requests; CUDA: not yet, see compile_plan), on (before ready), off (never).
-    compile: Literal["auto", "on", "off"] = "auto"
+    #: swapped in between requests; CUDA: not yet, see compile_plan), on (before ready), off (never),
+    #: graphs (CUDA: greedy steps uncompiled, captured as CUDA graphs; dg_lsp.engine.step_graphs).
+    compile: Literal["auto", "on", "off", "graphs"] = "auto"
     completion: CompletionOptions = CompletionOptions()
     rewrite: RewriteOptions = RewriteOptions()
     engine: EngineOptions = EngineOptions()

@@ -37,7 +37,7 @@ from dg_lsp.model.typing import text_config
 log = logging.getLogger(__name__)
 
 #: Values of the ``compile`` setting.
-COMPILE_MODES = ("auto", "on", "off")
+COMPILE_MODES = ("auto", "on", "off", "graphs")
 
 Stats = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 Accepted = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -139,7 +139,7 @@ def compile_plan(mode: str, device: torch.device) -> str:
         raise ValueError(f"compile must be one of {COMPILE_MODES}, not {mode!r}")
     if mode == "on":
         return "now"
-    if mode == "off":
+    if mode in ("off", "graphs"):  # graphs: CUDA graphs of the uncompiled step (dg_lsp.engine.step_graphs)
         return "never"
     if device.type == "cuda":  # opt in with "on" until the compiled CUDA path is verified
         return "never"

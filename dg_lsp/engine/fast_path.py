@@ -31,6 +31,7 @@ from dg_lsp.engine.denoiser import CanvasSpec, Cancelled, DenoiseOutcome, Draft,
 from dg_lsp.engine.prompt_cache import PromptCache
 from dg_lsp.engine.sampler import SamplerSettings, temperature
 from dg_lsp.engine.static_cache import StaticPromptKV, StepCache, attention_masks, context_bucket
+from dg_lsp.engine.step_graphs import GraphKey, GraphRunner, StepGraphs, cuda_runner_factory
 from dg_lsp.model.typing import vocab_size
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,9 @@ class FastPathSettings:
 
     #: Static prompt KV + fixed shapes + sync-free step (False: the eager transformers path).
     enabled: bool = True
-    #: ``on`` (before the first request), ``off``, or ``auto`` (on CUDA: off for now; on a CPU: in the
-    #: background once :meth:`FastDenoiser.background_compile`'s compile is started).
+    #: ``on`` (before the first request), ``off``, ``auto`` (on CUDA: off for now; on a CPU: in the
+    #: background once :meth:`FastDenoiser.background_compile`'s compile is started), or ``graphs``
+    #: (CUDA only: greedy steps uncompiled but captured as CUDA graphs, :mod:`dg_lsp.engine.step_graphs`).
     compile: str = "auto"
     #: A draft every this many steps (the final canvas is always reported).
     draft_interval: int = 1
@@ -90,7 +92,9 @@ class FastDenoiser:
         settings: FastPathSettings = FastPathSettings(),
         steps: StepFunctions | None = None,
         noise_id: int | None = None,
+        graph_runners: Callable[[], GraphRunner] | None = None,
     ) -> None:
+        """``graph_runners``: capture greedy steps with these runners (default: CUDA graphs with ``compile="graphs"`` on CUDA)."""
         self.model = model
         #: The model's absorbing noise token (None: uniform): the background compile warms that graph.
         self.noise_id = noise_id
@@ -114,8 +118,15 @@ class FastDenoiser:
         #: Steps launched ahead of the oldest unread stop flag: one where launching is asynchronous.
         self._depth = 1 if self.device.type == "cuda" else 0
         self._interval = max(1, settings.draft_interval)
+        if graph_runners is None and settings.compile == "graphs":
+            if self.device.type == "cuda":
+                graph_runners = cuda_runner_factory()
+            else:
+                log.warning("compile: \"graphs\" needs CUDA; running the uncompiled step on %s", self.device)
+        #: The captured greedy steps (``compile: "graphs"``), or None.
+        self.graphs = StepGraphs(self.steps, graph_runners) if graph_runners is not None else None
         #: Pad the prompt to its bucket and mask the padding (fixed shapes: what CUDA graphs need).
-        self.padded = self.steps.cuda_graphs
+        self.padded = self.steps.cuda_graphs or self.graphs is not None
 
     @property
     def compiled(self) -> bool:
@@ -140,6 +151,8 @@ class FastDenoiser:
     def compile_facts(self) -> dict[str, object]:
         """``dg.info``'s ``compile`` entry: the setting, when it compiles, and where that stands."""
         facts: dict[str, object] = {"setting": self.settings.compile, "when": self.plan}
+        if self.graphs is not None:
+            facts["graphs"] = {"captured": len(self.graphs.graphs)}
         if self.plan != "never":  # inductor options it compiles (or compiled) with; {}: inductor's defaults
             facts["options"] = self.steps.inductor_options if self.steps.compiled else cpu_inductor_options(self.model)
         if self.background is not None:
@@ -151,7 +164,7 @@ class FastDenoiser:
 
     def swap_steps(self, steps: StepFunctions) -> None:
         """Use ``steps`` from the next request on (waits for a request in progress to finish)."""
-        if steps.cuda_graphs != self.steps.cuda_graphs:
+        if steps.cuda_graphs != self.steps.cuda_graphs or (self.graphs is not None and steps.compiled):
             raise ValueError("a step with CUDA graphs needs padded prompts: it cannot replace one without")
         with self._in_use:
             self.steps = steps
@@ -282,7 +295,8 @@ class FastDenoiser:
             if cancelled is not None and cancelled():
                 raise Cancelled()
             if state.number < total:
-                state = self._launch(state, request)
+                captured = self.graphs is not None and settings.greedy and request.masks is not None
+                state = self._launch_captured(state, request) if captured else self._launch(state, request)
                 queue.append(state)
             while queue and (len(queue) > self._depth or state.number >= total):
                 step = queue.pop(0)
@@ -329,10 +343,50 @@ class FastDenoiser:
                     else None
                 ),
             )
-        step = _Step(number, canvas, argmax, conditioning, run, stop, started)
-        if self.steps.cuda_graphs:  # the next replay reuses the graph's output memory
-            step.canvas, step.argmax, step.conditioning = canvas.clone(), argmax.clone(), conditioning.clone()
-            step.run, step.stop = run.clone(), stop.clone()
+        return self._finish(_Step(number, canvas, argmax, conditioning, run, stop, started), request, self.steps.cuda_graphs)
+
+    def _launch_captured(self, state: _Step, request: _Request) -> _Step:
+        """Queue one greedy step after ``state`` as a CUDA graph replay (captured the first time its key is seen)."""
+        started = time.perf_counter()
+        number = state.number + 1
+        settings, cache, masks = request.settings, request.cache, request.masks
+        assert self.graphs is not None and masks is not None
+        absorbing = request.noise_token is not None and request.remaining is not None
+        values = {
+            "canvas": state.canvas,
+            "previous": state.conditioning,  # zeros masked off at the first step: one graph for every step
+            "conditioned": request.conditioned if number > 1 else request.unconditioned,
+            "positions": request.positions,
+            "temperature": request.temperatures[number - 1],
+            "noise": noise_ids(state.canvas.shape, self._vocab, request.generator, self.device, request.noise_id),
+            "pinned": request.pinned,
+            "pinned_ids": request.pinned_ids,
+            "prev_argmax": state.argmax,
+            "run": state.run,
+        }
+        if absorbing:
+            assert request.noise_token is not None and request.remaining is not None
+            values["noise_token"] = request.noise_token
+            values["remaining"] = request.remaining[number - 1]
+        key = GraphKey(
+            bucket=int(cache.layers[0].keys.shape[-2]) if cache.layers else 0,
+            length=int(state.canvas.shape[-1]),
+            bound=float(settings.entropy_bound),
+            threshold=int(settings.stability_threshold),
+            confidence=float(settings.confidence_threshold),
+            absorbing=absorbing,
+            buffers=self.kv.generation,
+        )
+        graph = self.graphs.get(key, cache, masks, values)
+        canvas, argmax, run, stop, conditioning = graph.run(values, masks)
+        return self._finish(_Step(number, canvas, argmax, conditioning, run, stop, started), request, True)
+
+    def _finish(self, step: _Step, request: _Request, replayed: bool) -> _Step:
+        """Copy a graph's outputs out of its memory (``replayed``) and queue the host copies of the stop flag and draft."""
+        number, argmax = step.number, step.argmax
+        if replayed:  # the next replay reuses the graph's output memory
+            step.canvas, step.argmax, step.conditioning = step.canvas.clone(), step.argmax.clone(), step.conditioning.clone()
+            step.run, step.stop = step.run.clone(), step.stop.clone()
         if self._depth:
             step.host_stop = torch.empty((), dtype=torch.bool, pin_memory=True)
             step.host_stop.copy_(step.stop, non_blocking=True)

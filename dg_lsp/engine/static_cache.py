@@ -67,6 +67,8 @@ class StaticPromptKV:
         self._values: list[torch.Tensor] = []
         self._ids: list[int] = []
         self.capacity = 0
+        #: Bumped whenever the buffers are replaced (anything that reads them in place must be rebuilt).
+        self.generation = 0
 
     @property
     def length(self) -> int:
@@ -87,6 +89,7 @@ class StaticPromptKV:
             for tensor in (*keys, *values):
                 torch._dynamo.mark_static_address(tensor)
         self._keys, self._values, self.capacity, self._ids = keys, values, capacity, []
+        self.generation += 1
 
     @torch.inference_mode()
     def sync(self, cache: DynamicCache, prompt_ids: Sequence[int], unchanged: int | None = None) -> int:

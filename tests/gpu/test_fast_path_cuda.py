@@ -81,6 +81,28 @@ def encoded(loaded: LoadedModel, text: str) -> PromptCache:
     return cache
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_of_the_uncompiled_step_give_its_answers() -> None:
+    """``compile: "graphs"``: real CUDA graphs (tests/unit/test_step_graphs.py checks the plumbing with an emulation)."""
+    loaded = embedded("cuda")
+    model = loaded.model
+    captured = FastDenoiser(model, FastPathSettings(compile="graphs", draft_interval=2), noise_id=loaded.noise_id)
+    plain = FastDenoiser(model, FastPathSettings(compile="off", draft_interval=2), noise_id=loaded.noise_id)
+    plain.padded = True
+    assert captured.graphs is not None and captured.padded and not captured.compiled
+    for seed, (text, length) in enumerate(zip(SOURCES + SOURCES[:1], (32, 64, 32, 32), strict=True)):
+        cache = encoded(loaded, text)
+        spec, settings = CanvasSpec(length=length, noise_id=loaded.noise_id), SamplerSettings(max_steps=6)
+        drafts: list[Draft] = []
+        theirs: list[Draft] = []
+        mine = captured.denoise(cache, spec, settings, seed, on_draft=drafts.append)
+        reference = plain.denoise(cache, spec, settings, seed, on_draft=theirs.append)
+        assert (mine.canvas, mine.steps, mine.stopped_early) == (reference.canvas, reference.steps, reference.stopped_early)
+        assert [(d.step, d.canvas, d.final) for d in drafts] == [(d.step, d.canvas, d.final) for d in theirs]
+    assert 2 <= captured.graphs.captures <= 3  # (bucket 256, 32), (256, 64); more only if the buffers grew
+    torch.cuda.synchronize()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_compiled_step_computes_the_uncompiled_steps_numbers(device: str, inductor_cache: None) -> None:
     loaded = embedded(device)
