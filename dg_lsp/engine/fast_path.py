@@ -211,9 +211,9 @@ class FastDenoiser:
         """Denoise one canvas after the prompt ``cache`` holds; raises :class:`Cancelled`.
 
         A compiled step that fails here (its compile or a run: a backend this machine's compiler
-        or driver cannot build, say), whether compiled in the background or up front, is dropped
-        (logged once, ``dg.info`` shows ``failed`` and why) and the request runs again on the
-        uncompiled step, as does every later one.
+        or driver cannot build, say), whether compiled in the background or up front, or CUDA
+        graphs that cannot be captured, are dropped (logged once, ``dg.info`` shows ``failed`` and
+        why) and the request runs again on the uncompiled step, as does every later one.
         """
         with self._in_use:
             try:
@@ -221,16 +221,21 @@ class FastDenoiser:
             except Cancelled:
                 raise
             except Exception as exc:
-                if not self.steps.compiled:
-                    raise
-                error = f"the compiled step failed: {type(exc).__name__}: {exc}"[:2000]
-                background = self.background
-                if background is not None:
-                    background.state, background.error = CompileState.FAILED, error
+                if self.graphs is not None:  # e.g. an operation that cannot be captured
+                    self.compile_error = f"capturing the step as CUDA graphs failed: {type(exc).__name__}: {exc}"[:2000]
+                    self.graphs = None
+                    log.warning("%s; back to the uncompiled step", self.compile_error, exc_info=True)
+                elif self.steps.compiled:
+                    error = f"the compiled step failed: {type(exc).__name__}: {exc}"[:2000]
+                    background = self.background
+                    if background is not None:
+                        background.state, background.error = CompileState.FAILED, error
+                    else:
+                        self.compile_error = error
+                    log.warning("the compiled denoising step failed; back to the uncompiled step: %s", error, exc_info=True)
+                    self.steps = step_functions(self.model, False)
                 else:
-                    self.compile_error = error
-                log.warning("the compiled denoising step failed; back to the uncompiled step: %s", error, exc_info=True)
-                self.steps = step_functions(self.model, False)
+                    raise
         with self._in_use:
             return self._denoise(cache, spec, settings, seed, on_draft, cancelled)
 

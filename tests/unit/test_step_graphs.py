@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -102,6 +103,23 @@ def test_sampled_steps_are_not_captured(loaded: LoadedModel) -> None:
     mine, theirs, _, _ = run_both(captured, plain, loaded, prompt(9, 40), CanvasSpec(length=32), sampled, 9)
     assert (mine.canvas, mine.steps) == (theirs.canvas, theirs.steps)
     assert runners == []
+
+
+def test_a_capture_that_fails_falls_back_for_good(loaded: LoadedModel, caplog: pytest.LogCaptureFixture) -> None:
+    class Refusing(EmulatedGraphRunner):
+        def capture(self, fn: Any) -> Any:
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    captured = FastDenoiser(loaded.model, FastPathSettings(compile="off"), graph_runners=Refusing)
+    plain = FastDenoiser(loaded.model, FastPathSettings(compile="off"))
+    plain.padded = True
+    with caplog.at_level(logging.WARNING, logger="dg_lsp.engine.fast_path"):
+        for seed in range(2):
+            mine, theirs, _, _ = run_both(captured, plain, loaded, prompt(seed, 40), CanvasSpec(length=32), SamplerSettings(max_steps=4), seed)
+            assert (mine.canvas, mine.steps) == (theirs.canvas, theirs.steps)
+    assert captured.graphs is None and captured.compile_facts()["state"] == "failed"
+    assert "not permitted when stream is capturing" in str(captured.compile_facts()["error"])
+    assert len([r for r in caplog.records if "CUDA graphs failed" in r.getMessage()]) == 1
 
 
 def test_graphs_need_cuda(loaded: LoadedModel, caplog: pytest.LogCaptureFixture) -> None:
