@@ -121,6 +121,30 @@ def test_engine_bench_smoke(tmp_path: Path) -> None:
     assert typing["reuse"]["reused_tokens_mean"] > 0 and typing["no_reuse"]["reused_tokens_mean"] == 0
     assert typing["reuse"]["encoded_tokens_mean"] < typing["no_reuse"]["encoded_tokens_mean"]
     assert "### Engine vs stock" in engine_bench.markdown_block(report)
+    assert paths["fast_graphs"] == {"skipped": "CUDA only"}
+
+
+def test_engine_bench_skips_paths_measured_before(tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    code = engine_bench.main(
+        ["--geometry", "tiny", "--device", "cpu", "--steps", "2", "--canvas", "16", "--context", "32", "--contexts", "32",
+         "--reps", "1", "--keystrokes", "0", "--json", str(out), "--no-plot", "--quiet", "--no-compile",
+         "--skip", "engine_sampled,engine_greedy,fast_sampled"]
+    )
+    assert code == 0
+    paths = json.loads(out.read_text())["paths"]
+    assert all(paths[key] == {"skipped": "--skip"} for key in ("engine_sampled", "engine_greedy", "fast_sampled"))
+    assert paths["stock_dynamic"]["steps_run"] == paths["fast_greedy"]["steps_run"] == 2
+
+
+def test_interleaved_line_names_each_faster_path() -> None:
+    line = engine_bench.interleaved_line({
+        "rounds": 3,
+        "ms_per_step_median": {"stock_dynamic": 130.0, "fast_greedy": 110.0, "fast_graphs": 40.0, "fast_compiled": 26.0},
+        "paired_ratio_to_first": {"stock_dynamic": 1.0, "fast_greedy": 0.85, "fast_graphs": 0.31, "fast_compiled": 0.2},
+    })
+    assert "CUDA graphs / stock paired 0.310 (3.23x)" in line and "compiled / stock paired 0.200 (5.00x)" in line
+    assert "fast path / stock 0.850" in line
 
 
 def test_random_model_ties_encoder_and_decoder() -> None:
