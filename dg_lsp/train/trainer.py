@@ -23,6 +23,7 @@ import argparse
 import functools
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +43,8 @@ from dg_lsp.model.geometry import GEOMETRIES
 from dg_lsp.model.loader import TRAINING_FACTS, noise_token_id, training_facts
 from dg_lsp.model.layer_order import stable_layer_type_order
 from dg_lsp.model.typing import text_config, vocab_size
+from dg_lsp.train import data_parallel
+from dg_lsp.train.data_parallel import Group
 from dg_lsp.train.examples import Example, ExampleMaker, SourceFile, parallel_stream, read_corpus
 
 #: Sampling weight of each language's files (by bytes, then scaled by this factor).
@@ -388,8 +391,14 @@ def _stop_requested(out: Path) -> bool:
     return (out / "STOP").exists()
 
 
-def train(args: argparse.Namespace) -> Path:
-    """Run (or resume) training for ``args.minutes`` and export the model directory."""
+def train(args: argparse.Namespace, dp: Group | None = None) -> Path:
+    """Run (or resume) training for ``args.minutes`` and export the model directory.
+
+    In a data-parallel group ``dp`` (``--procs``) every process runs this with its own example
+    stream; gradients are averaged each step and only rank 0 evaluates, logs and writes.
+    """
+    dp = dp or Group()
+    leader = dp.leader
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer.from_file(str(args.tokenizer / "tokenizer.json"))
@@ -413,6 +422,9 @@ def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(config.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif dp.world > 1:  # the cores shared out between the processes
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dp.world))
+    stream_offset = 7_919 * dp.rank  # each process its own examples and noise (rank 0: a single process's)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     autocast = bool(args.bf16) or device.type == "cuda"
     model = new_model(GEOMETRIES[config.geometry], tokenizer, config.seed)
@@ -420,7 +432,8 @@ def train(args: argparse.Namespace) -> Path:
     resumed = args.resume and _state_path(out).exists()
     if args.init_from is not None and not resumed:
         load_weights(model, args.init_from)
-        print(f"warm start from {args.init_from}")
+        if leader:
+            print(f"warm start from {args.init_from}")
     model = model.to(device)  # type: ignore[arg-type]
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
@@ -429,9 +442,11 @@ def train(args: argparse.Namespace) -> Path:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, tokens_seen, history = state["step"], state.get("tokens", 0), state.get("history", [])
-        print(f"resumed at step {step} ({tokens_seen / 1e6:.1f}M tokens)")
+        if leader:
+            print(f"resumed at step {step} ({tokens_seen / 1e6:.1f}M tokens)")
+    dp.broadcast_parameters(model.parameters())
     files = read_corpus(args.corpus, set(args.languages.split(",")) if args.languages else None)
-    rng = random.Random(config.seed * 1_000_003 + step)
+    rng = random.Random(config.seed * 1_000_003 + step + stream_offset)
     held_rng = random.Random(99)
     held_files = [f for i, f in enumerate(files) if i % HELD_OUT_EVERY == 0]
     train_files = [f for i, f in enumerate(files) if i % HELD_OUT_EVERY != 0]
@@ -443,11 +458,11 @@ def train(args: argparse.Namespace) -> Path:
         for group in _take(batches(maker.stream(held_files, language_weights(held_files), held_rng), config.batch_size), args.eval_batches)
     ]
     if args.workers > 0:
-        examples = parallel_stream(maker, train_files, language_weights(train_files), config.seed + step, args.workers)
+        examples = parallel_stream(maker, train_files, language_weights(train_files), config.seed + step + stream_offset, args.workers)
     else:
         examples = maker.stream(train_files, language_weights(train_files), rng)
     stream = batches(examples, config.batch_size)
-    generator = torch.Generator(device=device).manual_seed(config.seed + step)
+    generator = torch.Generator(device=device).manual_seed(config.seed + step + stream_offset)
     vocab = vocab_size(model)
     if args.compile:  # the same traced graph in every process: a resumed run reuses the compile cache
         stable_layer_type_order(model)
@@ -455,12 +470,18 @@ def train(args: argparse.Namespace) -> Path:
     width = prompt_width(config, layout) if args.compile else 0
     deadline = time.monotonic() + args.minutes * 60
     last_save = time.monotonic()
-    bar = tqdm(desc="train", unit="step", initial=step, total=config.total_steps, dynamic_ncols=True, disable=args.no_progress)
+    bar = tqdm(desc="train", unit="step", initial=step, total=config.total_steps, dynamic_ncols=True,
+               disable=args.no_progress or not leader)
     started, start_tokens = time.monotonic(), tokens_seen
     export = out / "model"
-    if not history:
+    if not history and leader:
         history.append({"step": step, "tokens": tokens_seen, **{f"eval_{k}": v for k, v in evaluate(model, held_out, config, autocast).items()}})
-    while time.monotonic() < deadline and step < config.total_steps and not _stop_requested(out):
+
+    def wants_stop() -> bool:
+        return time.monotonic() >= deadline or step >= config.total_steps or _stop_requested(out)
+
+    stop, _ = dp.stop_and_tokens(wants_stop(), 0)  # every process stops at the same step
+    while not stop:
         batch = collate(next(stream), layout, config.eom_weight, width)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
@@ -468,10 +489,14 @@ def train(args: argparse.Namespace) -> Path:
             losses = step_fn(model, batch, vocab, config, generator)
         optimizer.zero_grad(set_to_none=True)
         losses.total.backward()  # type: ignore[no-untyped-call]
+        dp.average_gradients(model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
-        tokens_seen += batch.tokens
+        stop, step_tokens = dp.stop_and_tokens(wants_stop(), batch.tokens)
+        tokens_seen += step_tokens
+        if not leader:
+            continue
         elapsed = max(1e-6, time.monotonic() - started)
         rate = (tokens_seen - start_tokens) / elapsed
         bar.update(1)
@@ -495,6 +520,10 @@ def train(args: argparse.Namespace) -> Path:
             export_model(model, args.tokenizer, export, config, step, tokens_seen)
             last_save = time.monotonic()
     bar.close()
+    if not dp.same_everywhere(model.parameters()):  # every process took the same steps: a bug if not
+        raise RuntimeError("data-parallel processes ended with different weights")
+    if not leader:
+        return export
     final_eval = evaluate(model, held_out, config, autocast)
     history.append({"step": step, "tokens": tokens_seen, "time": time.time(), **{f"eval_{k}": v for k, v in final_eval.items()}})
     save_state(out, model, optimizer, step, {"tokens": tokens_seen, "history": history, "config": asdict(config)})
@@ -509,6 +538,7 @@ def train(args: argparse.Namespace) -> Path:
         "init_from": str(args.init_from) if args.init_from else None,
         "device": device.type,
         "bf16": autocast,
+        "processes": dp.world,
     }
     (out / "train-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
@@ -580,12 +610,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--save-minutes", type=float, default=5.0)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train-state.pt")
+    parser.add_argument(
+        "--procs", type=int, default=1,
+        help="data-parallel processes, one per core, pinned (gradients averaged each step; the batch is per process)",
+    )
     return parser
+
+
+def _train_in(args: argparse.Namespace, dp: Group) -> None:
+    train(args, dp)
 
 
 def main() -> None:
     """Entry point."""
-    train(build_parser().parse_args())
+    args = build_parser().parse_args()
+    if args.procs < 1:
+        raise SystemExit("trainer: --procs must be at least 1")
+    data_parallel.run(args.procs, functools.partial(_train_in, args))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import os
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from transformers import DynamicCache
 
@@ -317,3 +319,26 @@ def test_a_run_with_a_noise_token_records_it_for_the_loader(tiny_model_dir: Path
     assert json.loads((again / "dg_lsp.json").read_text())["noise_token"] == "<unk>"
     with pytest.raises(ValueError, match="--noise-token '<nope>' is not a token"):
         T.train(T.build_parser().parse_args([*argv, "--noise-token", "<nope>"]))
+
+
+def test_two_data_parallel_processes_train_one_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from dg_lsp.train import data_parallel
+
+    corpus = _corpus(tmp_path)
+    argv = [
+        "--corpus", str(corpus), "--tokenizer", str(tiny_model_dir), "--geometry", "tiny",
+        "--init-from", str(tiny_model_dir), "--total-steps", "3", "--batch-size", "2", "--context-tokens", "64",
+        "--max-canvas", "32", "--eval-every", "2", "--eval-batches", "1", "--threads", "1", "--no-progress",
+        "--device", "cpu",
+    ]
+    single, double = tmp_path / "one", tmp_path / "two"
+    T.train(T.build_parser().parse_args([*argv, "--out", str(single)]))
+    args = T.build_parser().parse_args([*argv, "--out", str(double), "--procs", "2"])
+    data_parallel.run(2, functools.partial(T._train_in, args))  # raises if the processes' weights differ
+    one = json.loads((single / "train-summary.json").read_text())
+    two = json.loads((double / "train-summary.json").read_text())
+    assert (one["processes"], two["processes"]) == (1, 2) and one["steps"] == two["steps"] == 3
+    assert two["tokens"] > one["tokens"] * 1.5  # both processes' examples counted
+    assert (double / "model" / "model.safetensors").exists()
+    weights = [load_file(str(d / "model" / "model.safetensors")) for d in (single, double)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the second stream changed the step
