@@ -237,7 +237,11 @@ class ModelManager:
             log.error("model load failed: %s", exc)
             raise
         self.load_seconds = time.perf_counter() - started
-        compiling = " (compiling the denoising step)" if engine.fast is not None and engine.fast.compiled else ""
+        compiling = (
+            " (compiling the denoising step)" if engine.fast is not None and engine.fast.compiled
+            else " (capturing CUDA graphs of the denoising step)" if engine.fast is not None and engine.fast.graphs is not None
+            else ""
+        )
         started = time.perf_counter()
         requests = warmup_requests()
         for index, request in enumerate(requests):
