@@ -602,32 +602,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"timing engine fast path ({key})")
         paths[key] = done(measure_path(f"dg-lsp fast path, {key}", fast_call(eager_fast, model, prompt_list, canvas, greedy, args.seed, loop), steps, args.reps, device))
         paths[key].loop_step_ms = loop
-    graphs: Any = None
-    if device.type != "cuda":
-        paths["fast_graphs"] = PathResult("fast path, CUDA graphs", skipped="CUDA only")
-    else:
-        log("timing engine fast path, CUDA graphs of the uncompiled step (the first call of a shape captures)")
+    def accelerated(key: str, label: str, compile_setting: str, skipped: str | None, note: str) -> Any:
+        """Time a greedy fast path with ``compile_setting``; returns its denoiser (None if skipped or failed)."""
+        if skipped is not None:
+            paths[key] = PathResult(f"fast path, {label}", skipped=skipped)
+            return None
+        log(f"timing engine fast path, {label} ({note})")
         try:
-            graphs = FastDenoiser(model, FastPathSettings(compile="graphs"))
-            loop = []
-            paths["fast_graphs"] = done(measure_path("dg-lsp fast path, CUDA graphs", fast_call(graphs, model, prompt_list, canvas, True, args.seed, loop), steps, args.reps, device))
-            paths["fast_graphs"].loop_step_ms = loop
-        except Exception as exc:  # a capture failure is a result, not a crash
-            graphs = None
-            paths["fast_graphs"] = PathResult("fast path, CUDA graphs", skipped=f"failed: {type(exc).__name__}: {exc}"[:500])
-    compiled: Any = None
-    if args.no_compile:
-        paths["fast_compiled"] = PathResult("fast path, compiled", skipped="--no-compile")
-    else:
-        log("timing engine fast path, compiled (the first call compiles)")
-        try:
-            compiled = FastDenoiser(model, FastPathSettings(compile="on"))
-            loop = []
-            paths["fast_compiled"] = done(measure_path("dg-lsp fast path, compiled", fast_call(compiled, model, prompt_list, canvas, True, args.seed, loop), steps, args.reps, device))
-            paths["fast_compiled"].loop_step_ms = loop
-        except Exception as exc:  # a compile failure is a result, not a crash
-            compiled = None
-            paths["fast_compiled"] = PathResult("fast path, compiled", skipped=f"failed: {type(exc).__name__}: {exc}"[:500])
+            denoiser = FastDenoiser(model, FastPathSettings(compile=compile_setting))
+            loop: list[float] = []
+            paths[key] = done(measure_path(f"dg-lsp fast path, {label}", fast_call(denoiser, model, prompt_list, canvas, True, args.seed, loop), steps, args.reps, device))
+            paths[key].loop_step_ms = loop
+            return denoiser
+        except Exception as exc:  # a compile or capture failure is a result, not a crash
+            paths[key] = PathResult(f"fast path, {label}", skipped=f"failed: {type(exc).__name__}: {exc}"[:500])
+            return None
+
+    graphs = accelerated("fast_graphs", "CUDA graphs", "graphs", None if device.type == "cuda" else "CUDA only",
+                         "of the uncompiled step; the first call of a shape captures")
+    compiled = accelerated("fast_compiled", "compiled", "on", "--no-compile" if args.no_compile else None,
+                           "the first call compiles")
 
     interleaved: dict[str, Any] | None = None
     faster = {key: denoiser for key, denoiser in (("fast_graphs", graphs), ("fast_compiled", compiled)) if denoiser is not None and paths[key].skipped is None}
