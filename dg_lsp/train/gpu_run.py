@@ -6,8 +6,8 @@ library until it has installed what it carries:
 ``pack`` (here)
     writes ``.work/gpu/`` (ignored by git; the run carries it): ``corpus.jsonl.gz`` (the
     training files of the chosen languages, held-out files removed, ≤ 40 MB), ``init/`` (the
-    current weights + tokenizer to continue from), ``wheels/`` (transformers 5.23 and
-    tree-sitter for CPython 3.12, which the GPU image lacks) and ``site/`` (the tree-sitter
+    current weights + tokenizer to continue from), ``wheels/`` (transformers 5.23, tree-sitter,
+    lsprotocol and their needs for CPython 3.12, which the GPU image lacks: :data:`WHEELS`) and ``site/`` (the tree-sitter
     grammars of those languages only, copied from this environment; they are abi3 builds).
 ``device`` (there, ≤ 9 minutes)
     installs the wheels into ``/tmp/site``, trains with ``--device cuda`` (bf16 autocast, example
@@ -38,10 +38,24 @@ import time
 from pathlib import Path
 
 PACK = Path(".work/gpu")
+#: Top-level modules the lent GPU's image provides that the training run may import at module level
+#: (``/work/.library/device/KINDS.md``, the image as read on 2026-11-17).
+IMAGE_MODULES = ("torch", "numpy", "tokenizers", "safetensors", "huggingface_hub", "tqdm", "yaml", "packaging")
+#: Top-level modules the pack carries (:data:`WHEELS` and the grammars copied into ``site/``).
+CARRIED_MODULES = ("transformers", "tree_sitter", "regex", "lsprotocol", "cattrs", "attrs", "attr", "tree_sitter_language_pack")
 #: Languages trained on the GPU (their grammars travel; Python first: HumanEval is Python).
 GPU_LANGUAGES = ("python", "javascript", "typescript", "tsx")
-#: What the GPU image lacks (its transformers is older than DiffusionGemma's; no tree-sitter).
-WHEELS = ("transformers==5.23.0", "tree-sitter==0.26.1")
+#: What the GPU image lacks (its transformers is older than DiffusionGemma's; no tree-sitter, no lsprotocol,
+#: which the trainer's hole picker imports through ``dg_lsp.syntax``), with the versions pyproject pins, and
+#: what those need newer than the image may have: transformers 5.23 checks ``regex>=2025.10.22`` at import;
+#: lsprotocol needs cattrs (not in the image) and attrs. Rehearsed in a Python 3.12 / torch 2.11 environment
+#: holding only the image's other packages (``benchmarks/RESULTS.md``, session 23).
+WHEELS = (
+    "transformers==5.23.0", "tree-sitter==0.26.1", "regex==2026.11.19", "lsprotocol==2025.0.0", "cattrs==26.2.1",
+    "attrs==26.1.0",
+)
+#: File-name prefixes of :data:`WHEELS` (a pack missing one downloads them all again).
+WHEEL_PREFIXES = ("transformers-", "tree_sitter-", "regex-", "lsprotocol-", "cattrs-", "attrs-")
 #: Grammar packages imported by tree_sitter_language_pack's __init__.
 GRAMMAR_PACKAGES = ("tree_sitter_c_sharp", "tree_sitter_embedded_template", "tree_sitter_yaml")
 MAX_CORPUS_BYTES = 40 * 1024 * 1024
@@ -106,7 +120,7 @@ def pack(args: argparse.Namespace) -> int:
             shutil.copy(item, init / item.name)
     wheels = out / "wheels"
     wheels.mkdir(exist_ok=True)
-    if not any(wheels.glob("transformers-*.whl")) or not any(wheels.glob("tree_sitter-*.whl")):
+    if not all(any(wheels.glob(f"{prefix}*.whl")) for prefix in WHEEL_PREFIXES):
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
              "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform",
