@@ -5,12 +5,15 @@ library until it has installed what it carries:
 
 ``pack`` (here)
     writes ``.work/gpu/`` (ignored by git; the run carries it): ``corpus.jsonl.gz`` (the
-    training files of the chosen languages, held-out files removed, ≤ 40 MB), ``init/`` (the
-    current weights + tokenizer to continue from), ``wheels/`` (transformers 5.23, tree-sitter,
-    lsprotocol and their needs for CPython 3.12, which the GPU image lacks: :data:`WHEELS`) and ``site/`` (the tree-sitter
-    grammars of those languages only, copied from this environment; they are abi3 builds).
+    training files of the chosen languages, held-out files removed, ≤ 40 MB), ``pack.json``
+    (where the weights to continue from are: the checkout's own path when git tracks them, as
+    the shipped model, which travels with the checkout anyway; else a copy in ``init/``),
+    ``wheels/`` (transformers 5.23, tree-sitter, lsprotocol and their needs for CPython 3.12,
+    which the GPU image lacks: :data:`WHEELS`) and ``grammars.tar.xz`` (the tree-sitter grammars
+    of those languages only, copied from this environment; abi3 builds). It refuses a pack that,
+    with the checkout, would exceed what one device call sends (64 MiB).
 ``device`` (there, ≤ 9 minutes)
-    installs the wheels into ``/tmp/site``, trains with ``--device cuda`` (bf16 autocast, example
+    installs the wheels into ``/tmp/site``, unpacks the grammars into ``/tmp/grammars``, trains with ``--device cuda`` (bf16 autocast, example
     making in worker processes) for ``--minutes``, and writes the bf16 weights to ``$OUT`` as
     safetensors shards of ≤ 15 MiB (the device returns ≤ 8 files of ≤ 16 MiB), with config,
     tokenizer, training facts, history and summary.
@@ -34,6 +37,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -104,20 +108,68 @@ def pack_grammars(site: Path, languages: tuple[str, ...]) -> None:
         shutil.copytree(Path(location).parent, site / package, ignore=shutil.ignore_patterns("__pycache__"))
 
 
+#: What one device call may send: the working tree (tracked and untracked-not-ignored files) plus carried paths.
+DEVICE_TREE_LIMIT = 64 * 2**20
+#: Kept free under :data:`DEVICE_TREE_LIMIT` (results and notes committed between packing and running).
+DEVICE_TREE_MARGIN = 2 * 2**20
+#: The pack's description: where the run's initial weights and tokenizer are (``init``, relative to the checkout).
+MANIFEST = "pack.json"
+#: The grammars, compressed (10 MB of shared objects as files, ~0.6 MB as xz), unpacked on the machine.
+GRAMMARS = "grammars.tar.xz"
+
+
+def tree_bytes(root: Path = Path(".")) -> int:
+    """Bytes of the files a device call sends besides carried paths: tracked plus untracked-not-ignored."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root, capture_output=True, check=True,
+    ).stdout.decode("utf-8", "surrogateescape")
+    total = 0
+    for name in filter(None, listed.split("\0")):
+        path = root / name
+        if path.is_file() and not path.is_symlink():
+            total += path.stat().st_size
+    return total
+
+
+def is_tracked_directory(path: Path, root: Path = Path(".")) -> bool:
+    """Whether every file of the model directory ``path`` is tracked by git in ``root`` (so it travels anyway)."""
+    try:
+        relative = path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    files = sorted(p.relative_to(root.resolve()).as_posix() for p in path.resolve().iterdir() if p.is_file())
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", relative.as_posix()], cwd=root, capture_output=True, text=True, check=False
+    ).stdout.split()
+    return bool(files) and set(files) <= set(tracked)
+
+
+def pack_init(init: Path, out: Path) -> str:
+    """The initial weights: the checkout's own path when git tracks them (no second copy travels), else copied into ``out/init``."""
+    target = out / "init"
+    shutil.rmtree(target, ignore_errors=True)
+    if is_tracked_directory(init):
+        return init.resolve().relative_to(Path(".").resolve()).as_posix()
+    target.mkdir()
+    for item in init.iterdir():
+        if item.is_file() and item.name != "MODEL_CARD.md":
+            shutil.copy(item, target / item.name)
+    return target.as_posix()
+
+
 def pack(args: argparse.Namespace) -> int:
-    """Build ``.work/gpu`` for one device run."""
+    """Build ``.work/gpu`` for one device run, and check that it travels within the device's limit."""
+    import tempfile
+
     from dg_lsp.train.trainer import HELD_OUT_EVERY
 
     out: Path = args.pack
     out.mkdir(parents=True, exist_ok=True)
     languages = tuple(args.languages.split(","))
     stats = pack_corpus(args.corpus, out / "corpus.jsonl.gz", languages, HELD_OUT_EVERY)
-    init = out / "init"
-    shutil.rmtree(init, ignore_errors=True)
-    init.mkdir()
-    for item in Path(args.init).iterdir():
-        if item.is_file() and item.name != "MODEL_CARD.md":
-            shutil.copy(item, init / item.name)
+    init = pack_init(Path(args.init), out)
+    (out / MANIFEST).write_text(json.dumps({"init": init}) + "\n")
     wheels = out / "wheels"
     wheels.mkdir(exist_ok=True)
     if not all(any(wheels.glob(f"{prefix}*.whl")) for prefix in WHEEL_PREFIXES):
@@ -127,12 +179,40 @@ def pack(args: argparse.Namespace) -> int:
              "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(wheels), *WHEELS],
             check=True,
         )
-    pack_grammars(out / "site", languages)
+    shutil.rmtree(out / "site", ignore_errors=True)  # an older pack's uncompressed grammars
+    with tempfile.TemporaryDirectory() as scratch:
+        pack_grammars(Path(scratch), languages)
+        with tarfile.open(out / GRAMMARS, "w:xz") as archive:
+            for item in sorted(Path(scratch).iterdir()):
+                archive.add(item, arcname=item.name)
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(json.dumps({"pack": str(out), "corpus": stats, "languages": languages, "total_bytes": total}))
-    if total > 60 * 1024 * 1024:
-        raise SystemExit(f"gpu_run: the pack is {total / 2**20:.1f} MiB; the device carries at most 64 MiB")
+    tree = tree_bytes()
+    print(json.dumps({"pack": str(out), "corpus": stats, "languages": languages, "init": init, "total_bytes": total,
+                      "tree_bytes": tree}))
+    error = travel_error(tree, total)
+    if error is not None:
+        raise SystemExit(f"gpu_run: {error}")
     return 0
+
+
+def travel_error(tree: int, pack_bytes: int) -> str | None:
+    """Why a checkout of ``tree`` bytes with a pack of ``pack_bytes`` cannot go in one device call (None: it can)."""
+    if tree + pack_bytes <= DEVICE_TREE_LIMIT - DEVICE_TREE_MARGIN:
+        return None
+    return (
+        f"the checkout ({tree / 2**20:.1f} MiB) and the pack ({pack_bytes / 2**20:.1f} MiB) would send "
+        f"{(tree + pack_bytes) / 2**20:.1f} MiB; a device call takes at most {DEVICE_TREE_LIMIT / 2**20:.0f} MiB "
+        f"(keep {DEVICE_TREE_MARGIN / 2**20:.0f} MiB free): start from tracked weights (--init "
+        "dg_lsp/models/dg-code-small), or pass fewer --languages"
+    )
+
+
+def packed_init(pack_dir: Path) -> Path:
+    """Where the packed run's initial weights and tokenizer are (the manifest's ``init``; ``init/`` for an older pack)."""
+    manifest = pack_dir / MANIFEST
+    if manifest.exists():
+        return Path(json.loads(manifest.read_text())["init"])
+    return pack_dir / "init"
 
 
 # -- device (there) -----------------------------------------------------------------------------
@@ -147,15 +227,19 @@ def device(args: argparse.Namespace) -> int:
         wheels = sorted(str(w) for w in (pack_dir / "wheels").glob("*.whl"))
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                         "--no-cache-dir", "--upgrade", "--target", str(site), *wheels], check=True)
+    grammars = Path(args.grammars_dir)
+    with tarfile.open(pack_dir / GRAMMARS, "r:xz") as archive:
+        archive.extractall(grammars, filter="data")
+    init = packed_init(pack_dir)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(site), str((pack_dir / "site").resolve()), str(Path.cwd())])
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(grammars.resolve()), str(Path.cwd())])
     env["PYTHONUNBUFFERED"] = "1"
     train_dir = Path(args.train_dir)
     command = [
         sys.executable, "-m", "dg_lsp.train.trainer",
-        "--corpus", str(pack_dir / "corpus.jsonl.gz"), "--tokenizer", str(pack_dir / "init"),
-        "--init-from", str(pack_dir / "init"), "--out", str(train_dir), "--device", args.device, "--bf16",
-        "--minutes", str(args.minutes), "--total-steps", str(args.total_steps), "--warmup-steps", "100",
+        "--corpus", str(pack_dir / "corpus.jsonl.gz"), "--tokenizer", str(init),
+        "--init-from", str(init), "--out", str(train_dir), "--device", args.device, "--bf16",
+        "--minutes", str(args.minutes), "--time-schedule", "--total-steps", str(args.total_steps), "--warmup-steps", "100",
         "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--context-tokens", str(args.context_tokens),
         "--max-canvas", "128", "--workers", str(args.workers), "--eval-every", "200", "--save-minutes", "1000",
         "--no-progress", "--languages", ",".join(GPU_LANGUAGES),
@@ -204,8 +288,9 @@ def unpack(args: argparse.Namespace) -> int:
     for name in ("dg_lsp.json", "history.jsonl", "train-summary.json"):
         if (source / name).exists():
             shutil.copy(source / name, out / name)
+    tokenizer: Path = args.tokenizer if args.tokenizer is not None else packed_init(PACK)
     for name in SPECIAL_FILES:
-        shutil.copy(args.tokenizer / name, out / name)
+        shutil.copy(tokenizer / name, out / name)
     print(f"unpacked into {out}")
     return 0
 
@@ -223,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--pack", type=Path, default=PACK)
     d.add_argument("--out", type=Path, default=None, help="default: $OUT")
     d.add_argument("--minutes", type=float, default=8.0)
-    d.add_argument("--total-steps", type=int, default=6000)
+    d.add_argument("--total-steps", type=int, default=6000, help="hard stop; the rate decays by time (--time-schedule)")
     d.add_argument("--batch-size", type=int, default=128)
     d.add_argument("--lr", type=float, default=1e-3)
     d.add_argument("--context-tokens", type=int, default=256)
@@ -231,10 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="cuda", help="torch device (cpu only for a local smoke test)")
     d.add_argument("--train-dir", default="/tmp/gpu-train", help="checkpoint directory on the machine")
     d.add_argument("--no-install", action="store_true", help="use this environment's packages (local smoke test)")
+    d.add_argument("--grammars-dir", default="/tmp/grammars", help="where the packed grammars are unpacked")
     u = sub.add_parser("unpack", help="merge returned shards into one model directory")
     u.add_argument("files", type=Path)
     u.add_argument("--out", type=Path, required=True)
-    u.add_argument("--tokenizer", type=Path, default=PACK / "init", help="directory with the packed tokenizer files")
+    u.add_argument("--tokenizer", type=Path, default=None, help="directory with the tokenizer files (default: the pack's init)")
     return parser
 
 

@@ -291,11 +291,16 @@ def diffusion_loss(
     return Losses(total=total, canvas=float(canvas), middle=float(middle), lm=float(lm))
 
 
-def learning_rate(config: TrainConfig, step: int) -> float:
-    """Linear warm-up then cosine decay to 10%."""
+def learning_rate(config: TrainConfig, step: int, time_fraction: float = 0.0) -> float:
+    """Linear warm-up then cosine decay to 10%, over the steps or, when further on, ``time_fraction`` of the time budget.
+
+    ``time_fraction`` (``--time-schedule``: elapsed / ``--minutes``) makes a run whose speed is not known in
+    advance (a lent GPU's few minutes) end its decay at its deadline instead of being cut off at a high rate.
+    """
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, config.total_steps - config.warmup_steps))
+    by_steps = (step - config.warmup_steps) / max(1, config.total_steps - config.warmup_steps)
+    progress = min(1.0, max(by_steps, time_fraction))
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -468,7 +473,8 @@ def train(args: argparse.Namespace, dp: Group | None = None) -> Path:
         stable_layer_type_order(model)
     step_fn = _compiled_step(args.compile)
     width = prompt_width(config, layout) if args.compile else 0
-    deadline = time.monotonic() + args.minutes * 60
+    budget = max(1e-6, args.minutes * 60)
+    deadline = time.monotonic() + budget
     last_save = time.monotonic()
     bar = tqdm(desc="train", unit="step", initial=step, total=config.total_steps, dynamic_ncols=True,
                disable=args.no_progress or not leader)
@@ -483,8 +489,9 @@ def train(args: argparse.Namespace, dp: Group | None = None) -> Path:
     stop, _ = dp.stop_and_tokens(wants_stop(), 0)  # every process stops at the same step
     while not stop:
         batch = collate(next(stream), layout, config.eom_weight, width)
+        time_fraction = (time.monotonic() - started) / budget if args.time_schedule else 0.0
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
+            group["lr"] = learning_rate(config, step, time_fraction)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             losses = step_fn(model, batch, vocab, config, generator)
         optimizer.zero_grad(set_to_none=True)
@@ -578,6 +585,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--geometry", default="small", choices=sorted(GEOMETRIES))
     parser.add_argument("--minutes", type=float, default=60.0, help="stop after this much wall time")
     parser.add_argument("--total-steps", type=int, default=20_000, help="schedule length (and hard stop)")
+    parser.add_argument(
+        "--time-schedule", action="store_true",
+        help="decay the learning rate over --minutes too (whichever of steps and time is further on): ends annealed at "
+        "the deadline when the step rate is unknown (one process only)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--context-tokens", type=int, default=384)
     parser.add_argument("--max-canvas", type=int, default=128)
@@ -626,6 +638,8 @@ def main() -> None:
     args = build_parser().parse_args()
     if args.procs < 1:
         raise SystemExit("trainer: --procs must be at least 1")
+    if args.time_schedule and args.procs > 1:  # each process's clock would give its own rate: weights would drift
+        raise SystemExit("trainer: --time-schedule needs one process (not --procs)")
     data_parallel.run(args.procs, functools.partial(_train_in, args))
 
 

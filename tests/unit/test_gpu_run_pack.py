@@ -1,6 +1,6 @@
-"""The packed GPU training run imports only what the lent machine's image has or the pack carries.
+"""The packed GPU training run (``dg_lsp.train.gpu_run``) fits one device call and runs in the GPU image.
 
-A rehearsal in a Python 3.12 / torch 2.11 environment with only the image's packages found the
+Imports: a rehearsal in a Python 3.12 / torch 2.11 environment with only the image's packages found the
 trainer importing ``lsprotocol`` (through ``dg_lsp.syntax``), which the image lacks: the device run
 would have failed at once. This checks the module-level imports of every ``dg_lsp`` module the
 trainer loads, in a fresh interpreter.
@@ -11,8 +11,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
+
+import pytest
 
 from dg_lsp.train import gpu_run
+
+REPO = Path(__file__).resolve().parents[2]
+EMBEDDED = REPO / "dg_lsp" / "models" / "dg-code-small"
 
 _LIST_IMPORTS = """
 import ast, json, sys
@@ -60,3 +67,63 @@ def test_every_carried_module_has_its_wheel_or_grammar_copy() -> None:
         assert wheel.split("==")[0].replace("-", "_") == prefix.rstrip("-"), (wheel, prefix)
     carried_by_wheels = set(gpu_run.CARRIED_MODULES) - {"tree_sitter_language_pack", "attr"}
     assert carried_by_wheels <= wheel_prefixes
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_tree_bytes_count_tracked_and_untracked_files_but_not_ignored_ones(tmp_path: Path) -> None:
+    _git(tmp_path, "init", "-q")
+    (tmp_path / ".gitignore").write_text("ignored/\n")
+    (tmp_path / "tracked.txt").write_bytes(b"a" * 1000)
+    _git(tmp_path, "add", ".gitignore", "tracked.txt")
+    (tmp_path / "untracked.txt").write_bytes(b"b" * 300)
+    (tmp_path / "ignored").mkdir()
+    (tmp_path / "ignored" / "big.bin").write_bytes(b"c" * 100_000)
+    assert gpu_run.tree_bytes(tmp_path) == len("ignored/\n") + 1000 + 300
+
+
+def test_tracked_weights_are_named_not_copied_and_others_are_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    assert gpu_run.is_tracked_directory(EMBEDDED)
+    out = tmp_path / "pack"
+    out.mkdir()
+    assert gpu_run.pack_init(EMBEDDED, out) == "dg_lsp/models/dg-code-small"
+    assert not (out / "init").exists()  # the checkout carries them already
+    elsewhere = tmp_path / "weights"
+    elsewhere.mkdir()
+    for name in ("config.json", "tokenizer.json", "MODEL_CARD.md"):
+        (elsewhere / name).write_text("{}")
+    assert not gpu_run.is_tracked_directory(elsewhere)
+    assert gpu_run.pack_init(elsewhere, out) == (out / "init").as_posix()
+    assert sorted(p.name for p in (out / "init").iterdir()) == ["config.json", "tokenizer.json"]
+    (out / gpu_run.MANIFEST).write_text(json.dumps({"init": "dg_lsp/models/dg-code-small"}))
+    assert gpu_run.packed_init(out) == Path("dg_lsp/models/dg-code-small")
+
+
+def test_the_checkout_and_the_pack_must_fit_one_device_call() -> None:
+    mib = 2**20
+    assert gpu_run.travel_error(32 * mib, 24 * mib) is None  # the shipped checkout with its pack (session 23)
+    error = gpu_run.travel_error(32 * mib, 42 * mib)  # the same pack with a copy of the weights
+    assert error is not None and "64 MiB" in error and "--init" in error
+
+
+def test_the_grammars_travel_compressed_and_import_after_unpacking(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    gpu_run.pack_grammars(site, ("python",))
+    archive = tmp_path / gpu_run.GRAMMARS
+    with tarfile.open(archive, "w:xz") as packed:
+        for item in sorted(site.iterdir()):
+            packed.add(item, arcname=item.name)
+    unpacked = tmp_path / "grammars"
+    with tarfile.open(archive, "r:xz") as packed:
+        packed.extractall(unpacked, filter="data")
+    code = "import tree_sitter_language_pack as p; print(p.get_parser('python').parse(b'x = 1\\n').root_node.type)"
+    done = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(unpacked), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "module"
+    loaded = subprocess.run([sys.executable, "-c", "import tree_sitter_language_pack as p; print(p.__file__)"],
+                            env={"PYTHONPATH": str(unpacked)}, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip().startswith(str(unpacked))

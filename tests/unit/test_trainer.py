@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -342,3 +343,38 @@ def test_two_data_parallel_processes_train_one_model(tiny_model_dir: Path, tmp_p
     assert (double / "model" / "model.safetensors").exists()
     weights = [load_file(str(d / "model" / "model.safetensors")) for d in (single, double)]
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the second stream changed the step
+
+
+def test_the_time_schedule_decays_by_whichever_of_steps_and_time_is_further() -> None:
+    config = T.TrainConfig(lr=1e-3, warmup_steps=10, total_steps=1000)
+    assert T.learning_rate(config, 4, time_fraction=0.9) == pytest.approx(5e-4)  # warm-up is by steps only
+    assert T.learning_rate(config, 10) == pytest.approx(1e-3)
+    assert T.learning_rate(config, 10, time_fraction=1.0) == pytest.approx(1e-4)  # the deadline: annealed to 10%
+    assert T.learning_rate(config, 10, time_fraction=0.5) == pytest.approx(T.learning_rate(config, 505))
+    assert T.learning_rate(config, 800, time_fraction=0.1) == T.learning_rate(config, 800)  # steps further on
+    assert T.learning_rate(config, 10, time_fraction=3.0) == pytest.approx(1e-4)
+
+
+def test_a_timed_run_hands_the_schedule_its_elapsed_share(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fractions: list[float] = []
+    real = T.learning_rate
+
+    def spy(config: T.TrainConfig, step: int, time_fraction: float = 0.0) -> float:
+        fractions.append(time_fraction)
+        return real(config, step, time_fraction)
+
+    monkeypatch.setattr(T, "learning_rate", spy)
+    argv = [
+        "--corpus", str(_corpus(tmp_path)), "--tokenizer", str(tiny_model_dir), "--out", str(tmp_path / "train"),
+        "--geometry", "tiny", "--init-from", str(tiny_model_dir), "--total-steps", "3", "--batch-size", "2",
+        "--context-tokens", "64", "--max-canvas", "32", "--eval-every", "100", "--eval-batches", "1", "--threads", "1",
+        "--no-progress", "--device", "cpu", "--minutes", "30", "--time-schedule",
+    ]
+    T.train(T.build_parser().parse_args(argv))
+    assert len(fractions) == 3 and 0.0 < fractions[0] < fractions[1] < fractions[2] < 0.5
+
+
+def test_the_time_schedule_needs_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["trainer", "--corpus", "c", "--tokenizer", "t", "--out", "o", "--procs", "2", "--time-schedule"])
+    with pytest.raises(SystemExit, match="one process"):
+        T.main()
