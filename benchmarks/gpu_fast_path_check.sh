@@ -9,6 +9,7 @@
 #   bash benchmarks/gpu_fast_path_check.sh            # results under benchmarks/results/
 #   PYTHON=python3 OUT=/some/dir bash benchmarks/gpu_fast_path_check.sh
 #   GEOMETRY=tiny DEVICE=cpu DTYPE=float32 bash ...   # a rehearsal of the same commands on a CPU
+#   STAGES=graphs bash ...                            # stages 1-3 only (no torch.compile; ~4 minutes)
 #
 # It needs transformers 5.23 (the lent H200's image has 5.17: install the pinned wheel first, with
 # regex from pyproject, e.g. `pip install --no-deps --target /tmp/site transformers-5.23.0-*.whl
@@ -58,6 +59,11 @@ timeout 200 "$PY" benchmarks/engine_bench.py --geometry "$GEOMETRY" --device "$D
 step "warm start with CUDA graphs (a fresh process)"
 timeout 60 "$PY" benchmarks/fast_path_warmstart.py --geometry "$GEOMETRY" --device "$DEVICE" --dtype "$DTYPE" \
     --compile graphs --context 2048 --json "$OUT/fast_path_warmstart_${GEOMETRY}_${DEVICE}.jsonl" || status=1
+
+if [ "${STAGES:-all}" = graphs ]; then  # stages 1-3 only (benchmarks/gpu_session.sh, after a training run)
+    step "done (status $status; STAGES=graphs: stages 1-3)"
+    exit $status
+fi
 
 step "the rest of tests/gpu (tracebacks of failures printed)"
 timeout 200 "$PY" -m pytest tests/gpu -q -rfE --tb=short -p no:cacheprovider $TIMEOUT_PER_TEST \
