@@ -9,7 +9,7 @@
 #   bash benchmarks/gpu_fast_path_check.sh            # results under benchmarks/results/
 #   PYTHON=python3 OUT=/some/dir bash benchmarks/gpu_fast_path_check.sh
 #   GEOMETRY=tiny DEVICE=cpu DTYPE=float32 bash ...   # a rehearsal of the same commands on a CPU
-#   STAGES=graphs bash ...                            # stages 1-3 only (no torch.compile; ~4 minutes)
+#   STAGES=graphs bash ...                            # stages 1-3 only (no torch.compile; ~4.5 minutes)
 #
 # It needs transformers 5.23 (the lent H200's image has 5.17: install the pinned wheel first, with
 # regex from pyproject, e.g. `pip install --no-deps --target /tmp/site transformers-5.23.0-*.whl
@@ -23,6 +23,7 @@
 # 2. engine_bench 26b-a4b: stock vs the fast path vs its CUDA graphs (captured in seconds),
 #    interleaved; prefill at 2k; typing at a 2k context on the CUDA graphs (keystroke to
 #    final). No torch.compile here (--no-compile)                                    ~2.5 min
+# 2b. step_profile: the uncompiled step's kernels ranked by device time (what to work on) ~40 s
 # 3. warm start in a fresh process with compile "graphs"                            ~30 s
 # 4. the rest of tests/gpu (the compiled step's tests compile the small model), tracebacks
 #    printed; pytest-timeout ends a test that hangs                                 ~3 min
@@ -55,6 +56,10 @@ timeout 200 "$PY" benchmarks/engine_bench.py --geometry "$GEOMETRY" --device "$D
     --skip engine_sampled,engine_greedy,fast_sampled \
     --keystrokes 8 --typing-tokens 2048 --typing-context 2048 --typing-kind line --typing-compile graphs \
     --json "$OUT/engine_bench_${GEOMETRY}_${DEVICE}_graphs.json" --plot "$OUT/engine_bench_${GEOMETRY}_${DEVICE}_graphs.png" || status=1
+
+step "where an uncompiled step's time goes (torch.profiler, kernels ranked by device time)"
+timeout 100 "$PY" benchmarks/step_profile.py --geometry "$GEOMETRY" --device "$DEVICE" --dtype "$DTYPE" \
+    --canvas 256 --context 2048 --steps 4 --rows 40 --json "$OUT/step_profile_${GEOMETRY}_${DEVICE}.json" || status=1
 
 step "warm start with CUDA graphs (a fresh process)"
 timeout 60 "$PY" benchmarks/fast_path_warmstart.py --geometry "$GEOMETRY" --device "$DEVICE" --dtype "$DTYPE" \

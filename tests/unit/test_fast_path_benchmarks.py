@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import fast_path_requests, fast_path_warmstart, lsp_latency  # noqa: E402
+from benchmarks import fast_path_requests, fast_path_warmstart, lsp_latency, step_profile  # noqa: E402
 
 
 def test_fast_path_requests_smoke(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -67,3 +67,19 @@ def test_lsp_latency_waits_for_the_compiled_step() -> None:
     assert info["compile"]["state"] == "off"
     with pytest.raises(lsp_latency.LspError):
         lsp_latency.wait_for_compile(Client(["compiling"] * 10), timeout=0)  # type: ignore[arg-type]
+
+
+def test_step_profile_ranks_the_denoising_steps_operators(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "profile.json"
+    code = step_profile.main(
+        ["--model", str(tiny_model_dir), "--threads", "1", "--canvas", "32", "--context", "40", "--steps", "3", "--rows", "5",
+         "--json", str(out)]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["steps"] == 3 and report["canvas"] == 32 and report["context"] == 40 and report["time_kind"] == "cpu"
+    top = report["top"]
+    assert 0 < len(top) <= 5 and [row["self_us_per_step"] for row in top] == sorted((row["self_us_per_step"] for row in top), reverse=True)
+    assert any(row["name"].startswith("aten::") for row in top)  # the model's own operators, not only the profiler's
+    assert sum(row["self_us_per_step"] for row in top) <= report["self_us_per_step_total"] + 1e-6
+    assert "self us/step" in capsys.readouterr().out
