@@ -216,8 +216,24 @@ def packed_init(pack_dir: Path) -> Path:
 
 
 # -- device (there) -----------------------------------------------------------------------------
+def trainer_command(args: argparse.Namespace, pack_dir: Path, init: Path, train_dir: Path) -> list[str]:
+    """The trainer's command line on the GPU machine: a warm start from ``init``, or (``--from-scratch``) its tokenizer only."""
+    start = [] if args.from_scratch else ["--init-from", str(init)]
+    return [
+        sys.executable, "-m", "dg_lsp.train.trainer",
+        "--corpus", str(pack_dir / "corpus.jsonl.gz"), "--tokenizer", str(init), *start, "--geometry", args.geometry,
+        "--out", str(train_dir), "--device", args.device, "--bf16",
+        "--minutes", str(args.minutes), "--time-schedule", "--total-steps", str(args.total_steps), "--warmup-steps", "100",
+        "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--context-tokens", str(args.context_tokens),
+        "--max-canvas", "128", "--workers", str(args.workers), "--eval-every", "200", "--save-minutes", "1000",
+        "--no-progress", "--languages", ",".join(GPU_LANGUAGES),
+    ]
+
+
 def device(args: argparse.Namespace) -> int:
     """Install the carried wheels, train on CUDA, write sharded bf16 weights to $OUT."""
+    if args.geometry != "small" and not args.from_scratch:
+        raise SystemExit("gpu_run: the packed weights are the small geometry; another --geometry needs --from-scratch")
     out = Path(args.out or os.environ.get("OUT") or "/tmp/gpu-out")
     out.mkdir(parents=True, exist_ok=True)
     pack_dir: Path = args.pack
@@ -235,15 +251,7 @@ def device(args: argparse.Namespace) -> int:
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(grammars.resolve()), str(Path.cwd())])
     env["PYTHONUNBUFFERED"] = "1"
     train_dir = Path(args.train_dir)
-    command = [
-        sys.executable, "-m", "dg_lsp.train.trainer",
-        "--corpus", str(pack_dir / "corpus.jsonl.gz"), "--tokenizer", str(init),
-        "--init-from", str(init), "--out", str(train_dir), "--device", args.device, "--bf16",
-        "--minutes", str(args.minutes), "--time-schedule", "--total-steps", str(args.total_steps), "--warmup-steps", "100",
-        "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--context-tokens", str(args.context_tokens),
-        "--max-canvas", "128", "--workers", str(args.workers), "--eval-every", "200", "--save-minutes", "1000",
-        "--no-progress", "--languages", ",".join(GPU_LANGUAGES),
-    ]
+    command = trainer_command(args, pack_dir, init, train_dir)
     print("+", " ".join(command), flush=True)
     code = subprocess.run(command, env=env).returncode
     export = train_dir / "model"
@@ -317,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train-dir", default="/tmp/gpu-train", help="checkpoint directory on the machine")
     d.add_argument("--no-install", action="store_true", help="use this environment's packages (local smoke test)")
     d.add_argument("--grammars-dir", default="/tmp/grammars", help="where the packed grammars are unpacked")
+    d.add_argument("--geometry", default="small", help="model geometry (dg_lsp.model.geometry; not small: --from-scratch)")
+    d.add_argument("--from-scratch", action="store_true", help="new weights (the packed model's tokenizer only)")
     u = sub.add_parser("unpack", help="merge returned shards into one model directory")
     u.add_argument("files", type=Path)
     u.add_argument("--out", type=Path, required=True)

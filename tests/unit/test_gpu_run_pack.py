@@ -8,6 +8,7 @@ trainer loads, in a fresh interpreter.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -127,3 +128,33 @@ def test_the_grammars_travel_compressed_and_import_after_unpacking(tmp_path: Pat
     loaded = subprocess.run([sys.executable, "-c", "import tree_sitter_language_pack as p; print(p.__file__)"],
                             env={"PYTHONPATH": str(unpacked)}, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip().startswith(str(unpacked))
+
+
+def _device_args(*argv: str) -> argparse.Namespace:
+    return gpu_run.build_parser().parse_args(["device", *argv])
+
+
+def test_the_device_run_warm_starts_the_packed_weights_or_starts_a_geometry_from_scratch() -> None:
+    init, pack, train = Path("dg_lsp/models/dg-code-small"), Path(".work/gpu"), Path("/tmp/gpu-train")
+    warm = gpu_run.trainer_command(_device_args(), pack, init, train)
+    assert warm[warm.index("--init-from") + 1] == str(init) and warm[warm.index("--geometry") + 1] == "small"
+    assert "--time-schedule" in warm and warm[warm.index("--tokenizer") + 1] == str(init)
+    fresh = gpu_run.trainer_command(_device_args("--geometry", "medium", "--from-scratch"), pack, init, train)
+    assert "--init-from" not in fresh and fresh[fresh.index("--geometry") + 1] == "medium"
+    assert fresh[fresh.index("--tokenizer") + 1] == str(init)  # the same vocabulary either way
+    with pytest.raises(SystemExit, match="--from-scratch"):
+        gpu_run.device(_device_args("--geometry", "medium"))
+
+
+def test_the_medium_geometry_is_a_bigger_model_with_the_same_vocabulary() -> None:
+    import torch
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    from dg_lsp.model.geometry import GEOMETRIES
+
+    medium, small = GEOMETRIES["medium"], GEOMETRIES["small"]
+    assert medium.vocab_size == small.vocab_size and medium.canvas_length == small.canvas_length
+    with torch.device("meta"):
+        model = DiffusionGemmaForBlockDiffusion(medium.to_config())
+    parameters = sum(p.numel() for name, p in model.named_parameters() if "vision" not in name)
+    assert 20e6 < parameters < 25e6
