@@ -13,8 +13,8 @@ library until it has installed what it carries:
     of those languages only, copied from this environment; abi3 builds). It refuses a pack that,
     with the checkout, would exceed what one device call sends (64 MiB).
 ``device`` (there, ≤ 9 minutes)
-    installs the wheels into ``/tmp/site``, unpacks the grammars into ``/tmp/grammars``, trains with ``--device cuda`` (bf16 autocast, example
-    making in worker processes) for ``--minutes``, and writes the bf16 weights to ``$OUT`` as
+    installs the wheels into ``/tmp/site``, unpacks the grammars into ``/tmp/grammars``, trains with
+    ``--device cuda`` (bf16 autocast, example making in worker processes) for ``--minutes``, and writes the bf16 weights to ``$OUT`` as
     safetensors shards of ≤ 15 MiB (the device returns ≤ 8 files of ≤ 16 MiB), with config,
     tokenizer, training facts, history and summary.
 ``unpack`` (here)
@@ -45,7 +45,7 @@ PACK = Path(".work/gpu")
 #: Top-level modules the lent GPU's image provides that the training run may import at module level
 #: (``/work/.library/device/KINDS.md``, the image as read on 2026-11-17).
 IMAGE_MODULES = ("torch", "numpy", "tokenizers", "safetensors", "huggingface_hub", "tqdm", "yaml", "packaging")
-#: Top-level modules the pack carries (:data:`WHEELS` and the grammars copied into ``site/``).
+#: Top-level modules the pack carries (:data:`WHEELS` and the grammars in :data:`GRAMMARS`).
 CARRIED_MODULES = ("transformers", "tree_sitter", "regex", "lsprotocol", "cattrs", "attrs", "attr", "tree_sitter_language_pack")
 #: Languages trained on the GPU (their grammars travel; Python first: HumanEval is Python).
 GPU_LANGUAGES = ("python", "javascript", "typescript", "tsx")
@@ -58,8 +58,8 @@ WHEELS = (
     "transformers==5.23.0", "tree-sitter==0.26.1", "regex==2026.11.19", "lsprotocol==2025.0.0", "cattrs==26.2.1",
     "attrs==26.1.0",
 )
-#: File-name prefixes of :data:`WHEELS` (a pack missing one downloads them all again).
-WHEEL_PREFIXES = ("transformers-", "tree_sitter-", "regex-", "lsprotocol-", "cattrs-", "attrs-")
+#: File-name prefixes of :data:`WHEELS`' wheels (a pack missing one downloads them all again).
+WHEEL_PREFIXES = tuple(wheel.split("==")[0].replace("-", "_") + "-" for wheel in WHEELS)
 #: Grammar packages imported by tree_sitter_language_pack's __init__.
 GRAMMAR_PACKAGES = ("tree_sitter_c_sharp", "tree_sitter_embedded_template", "tree_sitter_yaml")
 MAX_CORPUS_BYTES = 40 * 1024 * 1024
@@ -208,11 +208,11 @@ def travel_error(tree: int, pack_bytes: int) -> str | None:
 
 
 def packed_init(pack_dir: Path) -> Path:
-    """Where the packed run's initial weights and tokenizer are (the manifest's ``init``; ``init/`` for an older pack)."""
+    """Where the packed run's initial weights and tokenizer are (the manifest's ``init``)."""
     manifest = pack_dir / MANIFEST
-    if manifest.exists():
-        return Path(json.loads(manifest.read_text())["init"])
-    return pack_dir / "init"
+    if not manifest.exists():
+        raise SystemExit(f"gpu_run: {manifest} is missing: run `python -m dg_lsp.train.gpu_run pack` first")
+    return Path(json.loads(manifest.read_text())["init"])
 
 
 # -- device (there) -----------------------------------------------------------------------------

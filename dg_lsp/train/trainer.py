@@ -489,7 +489,7 @@ def train(args: argparse.Namespace, dp: Group | None = None) -> Path:
     stop, _ = dp.stop_and_tokens(wants_stop(), 0)  # every process stops at the same step
     while not stop:
         batch = collate(next(stream), layout, config.eom_weight, width)
-        time_fraction = (time.monotonic() - started) / budget if args.time_schedule else 0.0
+        time_fraction = 1.0 - (deadline - time.monotonic()) / budget if args.time_schedule else 0.0
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step, time_fraction)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
