@@ -62,17 +62,16 @@ def profile_steps(args: argparse.Namespace) -> dict[str, Any]:
     built = time.perf_counter()
     if args.model:
         loaded = load_model(Path(args.model), args.device, args.dtype)
-        subject_ids = None
+        vocab = int(loaded.tokenizer.get_vocab_size())
+        prompt = [(7 + 13 * i) % vocab for i in range(args.context)]
     else:
         subject = random_model(args.geometry, device, resolve_dtype(args.dtype, device), seed=0)
         loaded = subject.loaded
-        subject_ids = random_ids(subject, args.context, 0)[0].tolist()
+        prompt = random_ids(subject, args.context, 0)[0].tolist()
     build_s = time.perf_counter() - built
     model = loaded.model
     if device.type == "cpu":
         torch.set_flush_denormal(True)
-    vocab = int(loaded.tokenizer.get_vocab_size())
-    prompt = subject_ids if subject_ids is not None else [(7 + 13 * i) % vocab for i in range(args.context)]
     canvas = min(args.canvas, int(model.config.canvas_length or args.canvas))
     fast = FastDenoiser(model, FastPathSettings(compile=args.compile))
     settings = SamplerSettings(max_steps=args.steps, confidence_threshold=-1.0)  # every step runs
