@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from transformers import DiffusionGemmaConfig
@@ -133,24 +133,12 @@ GEOMETRIES: dict[str, Geometry] = {
         sliding_pattern=3,
         canvas_length=128,
     ),
-    # A candidate for a GPU training run from scratch (``gpu_run device --geometry medium --from-scratch``):
-    # 22.3M parameters, ~2x the small model's CPU cost (one core, compiled, random weights: 16.7 vs 8.3 ms per
-    # step of a 32-token canvas; benchmarks/RESULTS.md, session 23).
-    "medium": Geometry(
-        vocab_size=8192,
-        hidden_size=384,
-        num_hidden_layers=6,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        head_dim=64,
-        global_head_dim=64,
-        num_global_key_value_heads=2,
-        intermediate_size=768,
-        moe_intermediate_size=384,
-        num_experts=4,
-        top_k_experts=1,
-        sliding_window=4096,
-        sliding_pattern=3,
-        canvas_length=128,
-    ),
 }
+
+# A candidate for a GPU training run from scratch (``gpu_run device --geometry medium --from-scratch``): the small
+# model widened and deepened, 22.3M parameters, ~2x its CPU cost (one core, compiled, random weights: 18.0 vs 8.7 ms
+# per step of a 32-token canvas; benchmarks/RESULTS.md, session 23).
+GEOMETRIES["medium"] = replace(
+    GEOMETRIES["small"], hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=768,
+    moe_intermediate_size=384,
+)
