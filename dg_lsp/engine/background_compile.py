@@ -52,6 +52,16 @@ class CompileState(str, Enum):
     FAILED = "failed"
 
 
+def lower_thread_priority(nice: int | None = COMPILE_NICE) -> None:
+    """Give the calling thread this nice value (None: leave it), where the OS allows one per thread."""
+    if nice is None or not hasattr(os, "setpriority"):
+        return
+    try:  # Linux: PRIO_PROCESS with a thread id sets that thread's nice value
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError:  # not allowed, or not per thread here: compile at normal priority
+        log.debug("could not lower the compiling thread's priority", exc_info=True)
+
+
 #: (message, done shapes, total shapes) progress callback; called from the compiling thread.
 CompileProgress = Callable[[str, int, int], None]
 
@@ -123,12 +133,7 @@ class BackgroundCompile(Generic[S]):
         }
 
     def _lower_priority(self) -> None:
-        if self.nice is None or not hasattr(os, "setpriority"):
-            return
-        try:  # Linux: PRIO_PROCESS with a thread id sets that thread's nice value
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
-        except OSError:  # not allowed, or not per thread here: compile at normal priority
-            log.debug("could not lower the compiling thread's priority", exc_info=True)
+        lower_thread_priority(self.nice)
 
     def _run(
         self, progress: CompileProgress | None, on_done: Callable[[BackgroundCompile[S]], None] | None

@@ -1,10 +1,13 @@
-"""One denoising step as two pure tensor functions, optionally compiled with ``torch.compile``.
+"""One denoising step as pure tensor functions, optionally compiled with ``torch.compile``.
 
 ``forward_stats`` runs transformers' decoder and LM head (with its logit soft-capping) on
 fixed shapes, and turns the logits into what the sampler needs: the entropy, argmax and
 probabilities of the temperature-scaled distribution, and the next step's self-conditioning
 logits. ``accept_and_stop`` does the entropy-bound acceptance, renoising and the
-stable-and-confident stopping rule. Neither reads anything back to the host, so on a GPU
+stable-and-confident stopping rule. A sampled step draws its proposal between the two; a greedy
+step (the server's default) is both in one function (:func:`make_greedy_step`), one graph. The
+halves are compiled only once a sampled request asks for them, in the background
+(:meth:`StepFunctions.start_sampled_compile`); that request and those until then run them uncompiled. Neither reads anything back to the host, so on a GPU
 the whole step is queued without a sync (and with CUDA graphs, replayed as one launch).
 
 The arithmetic is the eager path's (:mod:`dg_lsp.engine.sampler`, transformers'
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +32,7 @@ from typing import Any
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
+from dg_lsp.engine.background_compile import lower_thread_priority
 from dg_lsp.engine.guard_skip import COMPILED_CALLS
 from dg_lsp.engine.prompt_cache import PromptCache
 from dg_lsp.engine.sampler import NEVER, completion_floor, decided_pins, entropy_bound_accept
@@ -282,6 +288,52 @@ def accept_and_stop(
     return following, argmax, run, stop
 
 
+#: What a greedy step returns: next canvas, argmax canvas, stable run, stop flag, next conditioning.
+StepOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def make_greedy_step(forward_stats: Callable[..., Stats]) -> Callable[..., StepOutputs]:
+    """One greedy step as one function: ``forward_stats`` then :func:`accept_and_stop` with the argmax as the proposal.
+
+    ``(canvas, previous, conditioned, positions, masks, cache, temperature, noise, pinned, pinned_ids,
+    previous argmax, run, bound, threshold, confidence[, noise token, steps left]) ->`` :data:`StepOutputs`.
+    The renoising tokens ``noise`` are drawn before the call: a greedy step draws nothing else, so the
+    random stream is the two-call step's. Compiled, it is one graph (one call, and the probabilities a
+    greedy step never reads are not written out).
+    """
+
+    def greedy_step(
+        canvas: torch.Tensor,
+        previous: torch.Tensor | None,
+        conditioned: torch.Tensor | None,
+        positions: torch.Tensor,
+        masks: dict[str, torch.Tensor] | None,
+        cache: StepCache,
+        temperature: torch.Tensor,
+        noise: torch.Tensor,
+        pinned: torch.Tensor,
+        pinned_ids: torch.Tensor,
+        prev_argmax: torch.Tensor,
+        run: torch.Tensor,
+        bound: float,
+        threshold: int,
+        confidence: float,
+        noise_token: torch.Tensor | None = None,
+        remaining: torch.Tensor | None = None,
+    ) -> StepOutputs:
+        absorbing = noise_token is not None and remaining is not None
+        _, entropy, argmax, conditioning = forward_stats(
+            canvas, previous, conditioned, positions, masks, cache, temperature, *((noise_token,) if absorbing else ()),
+        )
+        following, argmax, run, stop = accept_and_stop(
+            entropy, argmax, argmax, noise, pinned, pinned_ids, prev_argmax, run, bound, threshold, confidence,
+            absorbing=(noise_token, canvas, remaining) if noise_token is not None and remaining is not None else None,
+        )
+        return following, argmax, run, stop, conditioning
+
+    return greedy_step
+
+
 #: Dynamo's stance for the warm compiled prompt encoder: a size no warm-up saw runs eagerly.
 ENCODER_STANCE = "eager_on_recompile"
 
@@ -297,17 +349,27 @@ def step_functions(model: DiffusionGemmaForBlockDiffusion, compile_step: bool) -
 
 
 class StepFunctions:
-    """The two step functions, compiled or not (``torch.compile``; on CUDA in ``reduce-overhead`` mode = CUDA graphs)."""
+    """The step functions (the two halves, and a greedy step as one), compiled or not (``torch.compile``; on CUDA in ``reduce-overhead`` mode = CUDA graphs)."""
 
     def __init__(self, model: DiffusionGemmaForBlockDiffusion, compile_step: bool) -> None:
         self.compiled = compile_step
-        #: Whether a request's second step ran with dynamo's guard checks (see :meth:`launching`).
-        self.guards_checked = False
+        #: The kinds of step (greedy: True, sampled: False) whose second step of a request ran with dynamo's
+        #: guard checks (see :meth:`launching`): they are different graphs.
+        self.guards_checked_for: set[bool] = set()
         self.cuda_graphs = compile_step and model.device.type == "cuda"
         #: Inductor options the step and the encoder are compiled with (:func:`cpu_inductor_options`).
         self.inductor_options: dict[str, Any] = cpu_inductor_options(model) if compile_step else {}
         # The CPU forms of tanh and argmax only where they were measured (inductor's C++ kernels).
         forward_stats = make_forward_stats(model, cpu_kernels=compile_step and model.device.type == "cpu")
+        #: The halves uncompiled: what a sampled step runs until :attr:`sampled_compiled`.
+        self.plain_halves: tuple[Callable[..., Stats], Callable[..., Accepted]] = (forward_stats, accept_and_stop)
+        #: Whether sampled steps run the compiled halves (other graphs than the greedy step's): set once
+        #: :meth:`start_sampled_compile`'s thread has compiled them.
+        self.sampled_compiled = not compile_step
+        #: That thread, once started; why it failed, if it did.
+        self.sampled_compile: threading.Thread | None = None
+        self.sampled_error: str | None = None
+        self._sampled_lock = threading.Lock()
         if compile_step:
             enable_compile_cache()
             stable_layer_type_order(model)
@@ -320,9 +382,12 @@ class StepFunctions:
                 options["options"] = self.inductor_options
             self.forward_stats: Callable[..., Stats] = torch.compile(forward_stats, **options)
             self.accept_and_stop: Callable[..., Accepted] = torch.compile(accept_and_stop, **options)
+            # A greedy step (the server's default) as one graph: one call per step instead of two.
+            self.greedy_step: Callable[..., StepOutputs] = torch.compile(make_greedy_step(forward_stats), **options)
         else:
             self.forward_stats = forward_stats
             self.accept_and_stop = accept_and_stop
+            self.greedy_step = make_greedy_step(forward_stats)
         # The prompt encoder too, on a CPU (where its per-layer overhead is most of a short
         # encode); symbolic sizes: a fresh prompt and a reused prefix are one graph each.
         self._model = model
@@ -359,22 +424,74 @@ class StepFunctions:
         """
         return self._warm_encoder
 
+    def start_sampled_compile(self, warm: Callable[[], None]) -> threading.Thread | None:
+        """Compile the halves a sampled step runs: once, in a low-priority daemon thread that runs ``warm``.
+
+        ``warm`` runs sampled steps with ``compile_now`` (:meth:`sampled_halves`) on private buffers;
+        once it returns, sampled requests use the compiled halves. None: nothing to start (uncompiled
+        step functions, or compiled, compiling or failed already).
+        """
+        with self._sampled_lock:
+            if not self.compiled or self.sampled_compiled or self.sampled_compile is not None:
+                return None
+            thread = threading.Thread(target=self._compile_sampled, args=(warm,), name="dg-compile-sampled", daemon=True)
+            self.sampled_compile = thread
+        thread.start()
+        return thread
+
+    def _compile_sampled(self, warm: Callable[[], None]) -> None:
+        lower_thread_priority()
+        started = time.perf_counter()
+        try:
+            warm()
+        except Exception as exc:  # sampled requests go on with the uncompiled halves
+            self.sampled_error = f"{type(exc).__name__}: {exc}"[:2000]
+            log.warning("compiling the sampled step failed; it stays uncompiled: %s", self.sampled_error, exc_info=True)
+            return
+        self.sampled_compiled = True
+        log.info("compiled sampled step in use after %.1fs", time.perf_counter() - started)
+
+    def sampled_state(self) -> str:
+        """Where the sampled step's compile stands: ``off``, ``pending`` (until a sampled request), ``compiling``, ``ready``, ``failed``."""
+        if not self.compiled:
+            return "off"
+        if self.sampled_compiled:
+            return "ready"
+        if self.sampled_error is not None:
+            return "failed"
+        return "compiling" if self.sampled_compile is not None else "pending"
+
+    def sampled_halves(self, compile_now: bool = False) -> tuple[Callable[..., Stats], Callable[..., Accepted]]:
+        """``(forward_stats, accept_and_stop)`` for a sampled step: compiled once :attr:`sampled_compiled` (or ``compile_now``).
+
+        Until then a sampled request runs them uncompiled rather than stall on their compile.
+        """
+        if self.sampled_compiled or compile_now:
+            return self.forward_stats, self.accept_and_stop
+        return self.plain_halves
+
+    @property
+    def guards_checked(self) -> bool:
+        """Whether any kind of step has had its guards checked at a second step (see :meth:`launching`)."""
+        return bool(self.guards_checked_for)
+
     @contextmanager
-    def launching(self, number: int) -> Iterator[None]:
+    def launching(self, number: int, greedy: bool = True, compiled: bool = True) -> Iterator[None]:
         """Around step ``number``'s calls of a request: from the second step on, without dynamo's guard checks.
 
         A later step's inputs have the first step's metadata (:mod:`dg_lsp.engine.guard_skip`), so
-        its guards pass; skipped only once a second step ran with the checks on these step
-        functions (any graph that step needs exists) and no other compiled call is in progress.
-        Uncompiled steps: nothing to skip.
+        its guards pass; skipped only once a second step of the same kind (``greedy`` or sampled: the
+        one-graph greedy step or the two halves) ran with the checks on these step functions (any graph
+        that step needs exists) and no other compiled call is in progress. Uncompiled steps (or ``compiled``
+        false: a sampled request on the uncompiled halves): nothing to skip.
         """
-        if not self.compiled:
+        if not self.compiled or not compiled:
             yield
             return
-        with COMPILED_CALLS.call(skip_guards=number > 1 and self.guards_checked) as skipped:
+        with COMPILED_CALLS.call(skip_guards=number > 1 and greedy in self.guards_checked_for) as skipped:
             yield
         if number > 1 and not skipped:
-            self.guards_checked = True
+            self.guards_checked_for.add(greedy)
 
     def begin_step(self) -> None:
         """Mark a new step for CUDA graph trees (outputs of earlier replays may be overwritten after this)."""

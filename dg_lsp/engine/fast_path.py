@@ -93,8 +93,13 @@ class FastDenoiser:
         steps: StepFunctions | None = None,
         noise_id: int | None = None,
         graph_runners: Callable[[], GraphRunner] | None = None,
+        compile_sampled: bool = False,
     ) -> None:
-        """``graph_runners``: capture greedy steps with these runners (default: CUDA graphs with ``compile="graphs"`` on CUDA)."""
+        """``graph_runners``: capture greedy steps with these runners (default: CUDA graphs with ``compile="graphs"`` on CUDA).
+
+        ``compile_sampled``: sampled steps run (and so compile) the compiled halves even before they are
+        warm (the sampled compile's own runner; :meth:`StepFunctions.start_sampled_compile`).
+        """
         self.model = model
         #: The model's absorbing noise token (None: uniform): the background compile warms that graph.
         self.noise_id = noise_id
@@ -104,6 +109,7 @@ class FastDenoiser:
         #: When the step is compiled: ``now``, ``background`` or ``never`` (see :func:`compile_plan`).
         self.plan = compile_plan(settings.compile, self.device)
         self.steps = steps if steps is not None else step_functions(model, self.plan == "now")
+        self._compile_sampled = compile_sampled
         if self.plan == "now":
             self.steps.warm_encoder()
         #: The background compile, once :meth:`background_compile` made it.
@@ -155,6 +161,8 @@ class FastDenoiser:
             facts["graphs"] = {"captured": len(self.graphs.graphs)}
         if self.plan != "never":  # inductor options it compiles (or compiled) with; {}: inductor's defaults
             facts["options"] = self.steps.inductor_options if self.steps.compiled else cpu_inductor_options(self.model)
+        if self.steps.compiled:  # sampled requests (greedy: false): compiled at the first one, in the background
+            facts["sampled"] = self.steps.sampled_state()
         if self.background is not None:
             facts.update(self.background.facts())
         elif self.compile_error is not None:
@@ -184,20 +192,36 @@ class FastDenoiser:
         return self.background
 
     def _warm_shape_factory(self) -> Callable[[StepFunctions, int], None]:
-        """``warm(steps, canvas length)``: two steps of a canvas on private buffers (what compiles it)."""
+        """``warm(steps, canvas length)``: two greedy steps of a canvas on private buffers (what compiles it)."""
         model = self.model
         runners: dict[int, tuple[FastDenoiser, PromptCache]] = {}  # one per step functions object
 
         def warm(steps: StepFunctions, length: int) -> None:
             if id(steps) not in runners:
                 steps.warm_encoder()
-                cache = PromptCache(model)
-                cache.encode([(7 + 13 * i) % self._vocab for i in range(24)])
-                runners[id(steps)] = (FastDenoiser(model, FastPathSettings(compile="off"), steps=steps), cache)
+                runners[id(steps)] = self._warm_runner(steps)
             runner, cache = runners[id(steps)]
             runner.denoise(cache, CanvasSpec(length=length, noise_id=self.noise_id), SamplerSettings(max_steps=2), seed=0)
 
         return warm
+
+    def _warm_sampled(self, steps: StepFunctions, length: int) -> None:
+        """Compile the halves a sampled step runs: two sampled steps of a ``length`` canvas on private buffers.
+
+        Run by :meth:`StepFunctions.start_sampled_compile`'s thread after the first sampled request
+        on a compiled step: they are other graphs than the greedy step's (one each, for every canvas
+        length), and until they are ready sampled requests run them uncompiled rather than wait.
+        """
+        runner, cache = self._warm_runner(steps, compile_sampled=True)
+        spec = CanvasSpec(length=length, noise_id=self.noise_id)
+        runner.denoise(cache, spec, SamplerSettings(max_steps=2, greedy=False), seed=0)
+
+    def _warm_runner(self, steps: StepFunctions, compile_sampled: bool = False) -> tuple[FastDenoiser, PromptCache]:
+        """A private fast path on ``steps`` and a short encoded prompt, to compile graphs on."""
+        cache = PromptCache(self.model)
+        cache.encode([(7 + 13 * i) % self._vocab for i in range(24)])
+        runner = FastDenoiser(self.model, FastPathSettings(compile="off"), steps=steps, compile_sampled=compile_sampled)
+        return runner, cache
 
     def denoise(
         self,
@@ -274,6 +298,12 @@ class FastDenoiser:
             drafts=on_draft is not None,
             noise_id=spec.noise_id,
         )
+        if not settings.greedy:  # chosen once: a request never changes graphs (or guard checks) midway
+            steps = self.steps
+            if steps.compiled and not steps.sampled_compiled and not self._compile_sampled:
+                steps.start_sampled_compile(lambda: self._warm_sampled(steps, length))
+            request.halves = steps.sampled_halves(self._compile_sampled)
+            request.compiled = self.steps.compiled and request.halves is not self.steps.plain_halves
         if spec.noise_id is not None:  # the completion floor's inputs, as tensors (no recompiles)
             request.noise_token = torch.tensor(spec.noise_id, device=device)
             request.remaining = torch.arange(settings.max_steps, 0, -1, device=device)
@@ -329,17 +359,31 @@ class FastDenoiser:
             previous, conditioned = state.conditioning, request.unconditioned
         else:  # nothing to condition on: skip the vocab-sized softmax and matmul
             previous = conditioned = None
-        with self.steps.launching(number):
-            probs, entropy, argmax, conditioning = self.steps.forward_stats(
+        absorbing = () if request.noise_token is None or request.remaining is None else (
+            request.noise_token, request.remaining[number - 1]
+        )
+        with self.steps.launching(number, settings.greedy, compiled=request.compiled):
+            if settings.greedy:  # one call; the renoising draw is the only one a greedy step makes
+                noise = noise_ids(state.canvas.shape, self._vocab, generator, self.device, request.noise_id)
+                canvas, argmax, run, stop, conditioning = self.steps.greedy_step(
+                    state.canvas, previous, conditioned, request.positions, request.masks, request.cache,
+                    request.temperatures[number - 1], noise, request.pinned, request.pinned_ids, state.argmax,
+                    state.run, settings.entropy_bound, settings.stability_threshold, settings.confidence_threshold,
+                    *absorbing,
+                )
+                return self._finish(
+                    _Step(number, canvas, argmax, conditioning, run, stop, started), request, self.steps.cuda_graphs
+                )
+            assert request.halves is not None
+            forward_stats, accept_and_stop = request.halves
+            probs, entropy, argmax, conditioning = forward_stats(
                 state.canvas, previous, conditioned, request.positions, request.masks, request.cache,
                 request.temperatures[number - 1], *(() if request.noise_token is None else (request.noise_token,)),
             )
-            if settings.greedy:
-                proposal = argmax
-            else:  # the eager sampler's draw, from the same generator in the same order
-                proposal = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(argmax.shape)
+            # the eager sampler's draw, from the same generator in the same order
+            proposal = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(argmax.shape)
             noise = noise_ids(state.canvas.shape, self._vocab, generator, self.device, request.noise_id)
-            canvas, argmax, run, stop = self.steps.accept_and_stop(
+            canvas, argmax, run, stop = accept_and_stop(
                 entropy, argmax, proposal, noise, request.pinned, request.pinned_ids, state.argmax, state.run,
                 settings.entropy_bound, settings.stability_threshold, settings.confidence_threshold,
                 absorbing=(
@@ -423,3 +467,7 @@ class _Request:
     unconditioned: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.bool))
     pinned: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
     pinned_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    #: A sampled request's ``(forward_stats, accept_and_stop)`` (:meth:`StepFunctions.sampled_halves`).
+    halves: tuple[Callable[..., Any], Callable[..., Any]] | None = None
+    #: Whether the request's steps run compiled functions (a greedy one does when the step is compiled).
+    compiled: bool = True

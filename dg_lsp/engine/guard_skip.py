@@ -1,8 +1,8 @@
 """Compiled calls that skip dynamo's guard checks when that is safe.
 
 Before each call of a compiled function dynamo checks its guards (the inputs' shapes, dtypes,
-the Python constants it specialised on): ~0.1 ms per call on a CPU, two calls per denoising
-step. Inside one request every step after the first passes the step functions inputs with the
+the Python constants it specialised on): ~0.1 ms per call on a CPU, one call per greedy denoising
+step (two per sampled one). Inside one request every step after the first passes the step functions inputs with the
 same metadata as the first step's (shapes, dtypes, constants; only tensor values change),
 so once the first step ran with the checks, the later ones can skip them with
 ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)`` (dynamo then runs only the guards that

@@ -25,11 +25,9 @@ from typing import Any, Protocol
 
 import torch
 
-from dg_lsp.engine.compiled_step import StepFunctions
+from dg_lsp.engine.compiled_step import StepFunctions, StepOutputs
 from dg_lsp.engine.static_cache import StepCache
 
-#: What a captured step returns: next canvas, argmax canvas, stable run, stop flag, next conditioning.
-StepOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 #: The step's tensor inputs, in the order the captured function takes them.
 INPUT_NAMES = (
@@ -133,17 +131,12 @@ class CapturedStep:
         inputs, static_masks = self.inputs, self.masks
 
         def step() -> StepOutputs:
-            absorbing = key.absorbing
-            _, entropy, argmax, conditioning = steps.forward_stats(
+            return steps.greedy_step(
                 inputs["canvas"], inputs["previous"], inputs["conditioned"], inputs["positions"], static_masks, cache,
-                inputs["temperature"], *((inputs["noise_token"],) if absorbing else ()),
-            )
-            following, argmax, run, stop = steps.accept_and_stop(
-                entropy, argmax, argmax, inputs["noise"], inputs["pinned"], inputs["pinned_ids"], inputs["prev_argmax"],
+                inputs["temperature"], inputs["noise"], inputs["pinned"], inputs["pinned_ids"], inputs["prev_argmax"],
                 inputs["run"], key.bound, key.threshold, key.confidence,
-                absorbing=(inputs["noise_token"], inputs["canvas"], inputs["remaining"]) if absorbing else None,
+                *((inputs["noise_token"], inputs["remaining"]) if key.absorbing else ()),
             )
-            return following, argmax, run, stop, conditioning
 
         self.outputs = runner.capture(step)
 

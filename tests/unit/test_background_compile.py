@@ -217,14 +217,14 @@ def test_a_compiled_step_failing_at_run_time_falls_back(
     spec, settings = CanvasSpec(length=32), SamplerSettings(max_steps=8)
     reference = fast.denoise(cache, spec, settings, seed=1)
     broken = flagged_compiled(model)
-    working, armed = broken.forward_stats, threading.Event()
+    working, armed = broken.greedy_step, threading.Event()  # greedy requests' one function
 
     def fail(*args: Any) -> Any:  # compiles and warms up fine, then fails on a later request
         if armed.is_set():
             raise RuntimeError("recompile blew up")
         return working(*args)
 
-    broken.forward_stats = fail
+    broken.greedy_step = fail
     job = fast.background_compile([32])
     assert job is not None
     job._build = lambda: broken
@@ -252,7 +252,7 @@ def test_a_step_compiled_up_front_that_fails_falls_back_for_good(
         calls.append(1)
         raise RuntimeError("inductor could not build a kernel")
 
-    broken.forward_stats = fail
+    broken.greedy_step = fail  # what a greedy request calls
     fast = FastDenoiser(model, FastPathSettings(compile="on"), steps=broken)
     assert fast.plan == "now" and fast.compiled and fast.compile_state is CompileState.READY
     cache = PromptCache(model)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -249,7 +251,18 @@ def test_compiled_step_gives_the_eager_canvas(loaded: LoadedModel, monkeypatch: 
     settings = SamplerSettings(max_steps=4, entropy_bound=1e-9)
     eager, quick, _, _ = both(loaded.model, compiled, prompt(2, 40), CanvasSpec(length=32, noise_id=3), settings, 2)
     assert (quick.canvas, quick.steps) == (eager.canvas, eager.steps)
-    assert compiled.steps.guards_checked and COMPILED_CALLS.skipped > skipped_before
+    # Sampled requests: the first runs the uncompiled halves and compiles them in the background; once
+    # compiled, a request's later steps skip guard checks after a sampled second step had them.
+    for seed in (3, 4, 5):
+        settings, cache = SamplerSettings(max_steps=3, greedy=False), PromptCache(loaded.model)
+        cache.encode(prompt(seed, 40))
+        sampled = compiled.denoise(cache, CanvasSpec(length=32), settings, seed)
+        assert len(sampled.canvas) == 32 and sampled.steps == 3
+        thread = compiled.steps.sampled_compile
+        assert thread is not None
+        thread.join(1200)
+        assert compiled.steps.sampled_compiled, compiled.steps.sampled_error
+    assert compiled.steps.guards_checked_for == {True, False} and COMPILED_CALLS.skipped > skipped_before
     assert (tmp_path / "inductor").is_dir()
 
 
@@ -326,3 +339,65 @@ def test_the_background_warm_up_runs_the_models_own_noise(
     fast = FastDenoiser(loaded.model, FastPathSettings(compile="off"), noise_id=noise_id)
     fast._warm_shape_factory()(StepFunctions(loaded.model, False), 32)
     assert [(spec.length, spec.noise_id) for spec in seen] == [(32, noise_id)]
+
+
+def cold_sampled_halves(model: Any, calls: list[str]) -> StepFunctions:
+    """Stands in for a compiled step whose sampled halves are not compiled yet: ``calls`` records the "compiled" ``forward_stats``."""
+    steps = StepFunctions(model, False)
+    steps.compiled, steps.sampled_compiled = True, False
+    plain_forward = steps.forward_stats
+
+    def compiled_forward(*args: Any) -> Any:
+        calls.append("compiled")
+        return plain_forward(*args)
+
+    steps.forward_stats = compiled_forward
+    return steps
+
+
+def test_the_first_sampled_request_compiles_the_halves_in_the_background(loaded: LoadedModel) -> None:
+    """A sampled step's compiled halves are other graphs: compiled once asked for, and no request waits for them."""
+    model = loaded.model
+    calls: list[str] = []
+    steps = cold_sampled_halves(model, calls)
+    fast = FastDenoiser(model, FastPathSettings(compile="off"), steps=steps)
+    cache = PromptCache(model)
+    cache.encode(prompt(6, 30))
+    spec, settings = CanvasSpec(length=32), SamplerSettings(max_steps=3, greedy=False)
+    assert fast.compile_facts()["sampled"] == "pending"
+    fast.denoise(cache, spec, SamplerSettings(max_steps=3), seed=5)  # greedy: starts nothing
+    assert steps.sampled_compile is None
+    started = steps.sampled_compile
+    before = fast.denoise(cache, spec, settings, seed=5)  # runs the uncompiled halves, starts their compile
+    thread = steps.sampled_compile
+    assert thread is not None and thread is not started and thread.name == "dg-compile-sampled"
+    thread.join(60)
+    assert calls == ["compiled"] * 2 and fast.compile_facts()["sampled"] == "ready"  # the warm-up's two steps
+    after = fast.denoise(cache, spec, settings, seed=5)
+    assert len(calls) == 5 and after.canvas == before.canvas  # the same numbers, now through the compiled halves
+    assert steps.start_sampled_compile(lambda: None) is None  # once
+
+
+def test_a_failed_sampled_compile_leaves_the_uncompiled_halves_serving(
+    loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = loaded.model
+    calls: list[str] = []
+    steps = cold_sampled_halves(model, calls)
+    fast = FastDenoiser(model, FastPathSettings(compile="off"), steps=steps)
+
+    def broken(self: FastDenoiser, steps: StepFunctions, length: int) -> None:
+        raise RuntimeError("inductor could not build the sampled step")
+
+    monkeypatch.setattr(FastDenoiser, "_warm_sampled", broken)
+    cache = PromptCache(model)
+    cache.encode(prompt(7, 30))
+    spec, settings = CanvasSpec(length=32), SamplerSettings(max_steps=3, greedy=False)
+    with caplog.at_level(logging.WARNING, logger="dg_lsp.engine.compiled_step"):
+        first = fast.denoise(cache, spec, settings, seed=2)
+        assert steps.sampled_compile is not None
+        steps.sampled_compile.join(60)
+        second = fast.denoise(cache, spec, settings, seed=2)
+    assert first.canvas == second.canvas and calls == []
+    assert fast.compile_facts()["sampled"] == "failed" and "could not build" in str(steps.sampled_error)
+    assert len([r for r in caplog.records if "compiling the sampled step failed" in r.getMessage()]) == 1
