@@ -98,15 +98,26 @@ def complete(
         file_name=file_name,
     )
 
+    answers: dict[str, str | None] = {}
+
+    def answer(middle: str) -> str | None:
+        """The completion ``middle`` makes, with every check (memoized: the final draft's is the answer's)."""
+        if middle not in answers:
+            code = answer_text(backend, middle, context.prefix, context.suffix)
+            answers[middle] = clean_completion(code, context, language, parse_check=options.parse_check)
+        return answers[middle]
+
     def draft(middle: str, step: int, max_steps: int, final: bool) -> None:
         if on_draft is not None:
-            code = answer_text(backend, middle, context.prefix, context.suffix)
-            cleaned = clean_completion(code, context, language, parse_check=False)
+            if final:  # what the request answers, so an editor showing final drafts shows nothing the checks reject
+                cleaned = answer(middle)
+            else:  # a draft in progress: shown as it is (the parse check would hide most of a denoising run)
+                code = answer_text(backend, middle, context.prefix, context.suffix)
+                cleaned = clean_completion(code, context, language, parse_check=False)
             on_draft(cleaned or "", step, max_steps, final)
 
     result = backend.infill(request, on_draft=draft if on_draft is not None else None, cancelled=cancelled)
-    code = answer_text(backend, result.text, context.prefix, context.suffix)
-    cleaned = clean_completion(code, context, language, parse_check=options.parse_check)
+    cleaned = answer(result.text)
     if not cleaned:
         return None
     return Completion(

@@ -89,6 +89,7 @@ async def test_inline_completion_streams_drafts(client: LanguageClient) -> None:
     mine = [d for d in drafts if d["range"] == here]
     assert [d["step"] for d in mine] == sorted(d["step"] for d in mine)
     assert mine[-1]["final"] is True and mine[-1]["maxSteps"] >= mine[-1]["step"]
+    assert mine[-1]["text"] == item.insert_text  # the final draft is the answer, checks included
     # Every request's last draft is final, and only the last.
     by_request: dict[object, list[dict[str, object]]] = {}
     for draft in drafts:

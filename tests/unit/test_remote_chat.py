@@ -108,6 +108,22 @@ def test_completion_cleans_the_answer_like_a_local_chat_answer(backends: list[Re
     assert server.bodies()[0]["model"] == "diffusiongemma"
 
 
+@pytest.mark.parametrize("parse_check", [True, False])
+def test_the_final_draft_is_the_answer(backends: list[RemoteBackend], parse_check: bool) -> None:
+    """An answer the parse check rejects is no final draft either: an editor that shows final drafts would show it."""
+    server = ChatServer(httpx.Response(200, json=chat_answer("a + (b")))
+    backend = chat_backend(backends, server)
+    text = PREFIX + SUFFIX
+    drafts: list[tuple[str, bool]] = []
+    result = complete(
+        backend, text, DocumentTree(text, "python").tree, "python", len(PREFIX),
+        CompletionOptions(parse_check=parse_check), on_draft=lambda t, s, n, f: drafts.append((t, f)),
+    )
+    answer = result.text if result is not None else ""
+    assert answer == ("" if parse_check else "a + (b")
+    assert drafts == [(answer, True)]
+
+
 def test_a_rewrite_sends_the_selection_in_the_turn(backends: list[RemoteBackend]) -> None:
     server = ChatServer(httpx.Response(200, json=chat_answer("```python\nreturn b + a\n```")))
     backend = chat_backend(backends, server)
