@@ -321,13 +321,13 @@ def make_greedy_step(forward_stats: Callable[..., Stats]) -> Callable[..., StepO
         noise_token: torch.Tensor | None = None,
         remaining: torch.Tensor | None = None,
     ) -> StepOutputs:
-        absorbing = noise_token is not None and remaining is not None
+        absorbing = (noise_token, canvas, remaining) if noise_token is not None and remaining is not None else None
         _, entropy, argmax, conditioning = forward_stats(
-            canvas, previous, conditioned, positions, masks, cache, temperature, *((noise_token,) if absorbing else ()),
+            canvas, previous, conditioned, positions, masks, cache, temperature, *(absorbing[:1] if absorbing else ()),
         )
         following, argmax, run, stop = accept_and_stop(
             entropy, argmax, argmax, noise, pinned, pinned_ids, prev_argmax, run, bound, threshold, confidence,
-            absorbing=(noise_token, canvas, remaining) if noise_token is not None and remaining is not None else None,
+            absorbing=absorbing,
         )
         return following, argmax, run, stop, conditioning
 

@@ -303,7 +303,7 @@ class FastDenoiser:
             if steps.compiled and not steps.sampled_compiled and not self._compile_sampled:
                 steps.start_sampled_compile(lambda: self._warm_sampled(steps, length))
             request.halves = steps.sampled_halves(self._compile_sampled)
-            request.compiled = self.steps.compiled and request.halves is not self.steps.plain_halves
+            request.compiled = steps.compiled and request.halves is not steps.plain_halves
         if spec.noise_id is not None:  # the completion floor's inputs, as tensors (no recompiles)
             request.noise_token = torch.tensor(spec.noise_id, device=device)
             request.remaining = torch.arange(settings.max_steps, 0, -1, device=device)
@@ -371,27 +371,25 @@ class FastDenoiser:
                     state.run, settings.entropy_bound, settings.stability_threshold, settings.confidence_threshold,
                     *absorbing,
                 )
-                return self._finish(
-                    _Step(number, canvas, argmax, conditioning, run, stop, started), request, self.steps.cuda_graphs
+            else:
+                assert request.halves is not None
+                forward_stats, accept_and_stop = request.halves
+                probs, entropy, argmax, conditioning = forward_stats(
+                    state.canvas, previous, conditioned, request.positions, request.masks, request.cache,
+                    request.temperatures[number - 1], *(() if request.noise_token is None else (request.noise_token,)),
                 )
-            assert request.halves is not None
-            forward_stats, accept_and_stop = request.halves
-            probs, entropy, argmax, conditioning = forward_stats(
-                state.canvas, previous, conditioned, request.positions, request.masks, request.cache,
-                request.temperatures[number - 1], *(() if request.noise_token is None else (request.noise_token,)),
-            )
-            # the eager sampler's draw, from the same generator in the same order
-            proposal = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(argmax.shape)
-            noise = noise_ids(state.canvas.shape, self._vocab, generator, self.device, request.noise_id)
-            canvas, argmax, run, stop = accept_and_stop(
-                entropy, argmax, proposal, noise, request.pinned, request.pinned_ids, state.argmax, state.run,
-                settings.entropy_bound, settings.stability_threshold, settings.confidence_threshold,
-                absorbing=(
-                    (request.noise_token, state.canvas, request.remaining[number - 1])
-                    if request.noise_token is not None and request.remaining is not None
-                    else None
-                ),
-            )
+                # the eager sampler's draw, from the same generator in the same order
+                proposal = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(argmax.shape)
+                noise = noise_ids(state.canvas.shape, self._vocab, generator, self.device, request.noise_id)
+                canvas, argmax, run, stop = accept_and_stop(
+                    entropy, argmax, proposal, noise, request.pinned, request.pinned_ids, state.argmax, state.run,
+                    settings.entropy_bound, settings.stability_threshold, settings.confidence_threshold,
+                    absorbing=(
+                        (request.noise_token, state.canvas, request.remaining[number - 1])
+                        if request.noise_token is not None and request.remaining is not None
+                        else None
+                    ),
+                )
         return self._finish(_Step(number, canvas, argmax, conditioning, run, stop, started), request, self.steps.cuda_graphs)
 
     def _launch_captured(self, state: _Step, request: _Request) -> _Step:
