@@ -59,7 +59,7 @@ HOLE_LINE = 33  # 0-based: line 34
 HOLE_CHARACTER = 8
 
 
-def run_child(variant: str, threads: int, compile_step: str = "on") -> None:
+def run_child(variant: str, threads: int, compile_step: str = "on", dtype: str = "bfloat16") -> None:
     """Serve ``variant``: warm up, print ``READY <warm-up s>``, then time one completion per ``go`` line read."""
     import torch
     import torch._inductor.config as inductor_config
@@ -80,7 +80,7 @@ def run_child(variant: str, threads: int, compile_step: str = "on") -> None:
         setattr(inductor_config, key, value)
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    engine = Engine(load_model(ROOT / "dg_lsp" / "models" / "dg-code-small", "cpu", "bfloat16"),
+    engine = Engine(load_model(ROOT / "dg_lsp" / "models" / "dg-code-small", "cpu", dtype),
                     fast_path=FastPathSettings(compile=compile_step))
     source = (FIXTURES_DIR / HOLE_FILE).read_text()
     lines = source.splitlines(keepends=True)
@@ -99,16 +99,18 @@ def run_child(variant: str, threads: int, compile_step: str = "on") -> None:
 
 
 def _start(
-    variant: str, threads: int, cache_dir: Path, compile_step: str, root: Path = ROOT
+    variant: str, threads: int, cache_dir: Path, compile_step: str, root: Path = ROOT, dtype: str | None = None
 ) -> tuple[subprocess.Popen[str], float]:
     """A warm worker process for ``variant`` and its start-up seconds (load, compile, three requests).
 
-    ``root``: the checkout whose copy of this script (and so whose ``dg_lsp``) the worker runs.
+    ``root``: the checkout whose copy of this script (and so whose ``dg_lsp``) the worker runs;
+    ``dtype``: the model's CPU dtype (``None``: the worker's default, bfloat16).
     """
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache_dir))
     script = root / "benchmarks" / Path(__file__).name
     worker = subprocess.Popen(
-        [sys.executable, str(script), "--child", variant, "--threads", str(threads), "--compile", compile_step],
+        [sys.executable, str(script), "--child", variant, "--threads", str(threads), "--compile", compile_step,
+         *(["--dtype", dtype] if dtype else [])],
         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=root,
     )
     assert worker.stdout is not None
@@ -159,10 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: the JSON path with .png)")
     parser.add_argument("--compile", choices=("on", "off"), default="on",
                         help="off: the uncompiled step (the options then change nothing; for a quick check of the harness)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                        help="the model's dtype (float32: what `dtype: auto` runs on a CPU without bfloat16 arithmetic)")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        run_child(args.child, args.threads, args.compile)
+        run_child(args.child, args.threads, args.compile, args.dtype)
         return 0
     from tqdm import tqdm
 
@@ -172,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dg-lsp-variants-") as tmp:
         try:
             for index, variant in enumerate(tqdm(variants, desc="compile", unit="variant")):
-                workers[variant], start_s[variant] = _start(variant, args.threads, Path(tmp) / str(index), args.compile)
+                workers[variant], start_s[variant] = _start(variant, args.threads, Path(tmp) / str(index), args.compile,
+                                                                 dtype=args.dtype)
             times = time_interleaved(workers, args.reps, args.gap)
         finally:
             stop_workers(workers)
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
               f"paired ratio to {variants[0]!r}: {row['paired_ratio_p50']:.2f}  start {row['start_s']:.0f} s")
     payload = {
         "benchmark": "cpu_compile_variants", "date": utc_now(), "command": command_line(__file__, argv),
-        "machine": machine_info("cpu", args.threads), "compile": args.compile, "reps": args.reps, "hole": f"{HOLE_FILE}:{HOLE_LINE + 1}",
+        "machine": machine_info("cpu", args.threads), "compile": args.compile, "dtype": args.dtype, "reps": args.reps, "hole": f"{HOLE_FILE}:{HOLE_LINE + 1}",
         "summary_ms": summary, "samples_ms": times,
     }
     write_json(args.json, payload)
