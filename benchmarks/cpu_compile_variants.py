@@ -57,9 +57,25 @@ VARIANTS: dict[str, tuple[str | None, dict[str, Any], str]] = {
 HOLE_FILE = "python/shapes.py"
 HOLE_LINE = 33  # 0-based: line 34
 HOLE_CHARACTER = 8
+#: ``--hole`` choices: the single line above (8 steps of a 32-token canvas), or the file's first block cursor of
+#: ``fixtures/cursors.json`` with its expected middle removed (16 steps of a 128-token canvas).
+HOLES = ("single-line", "block")
 
 
-def run_child(variant: str, threads: int, compile_step: str = "on", dtype: str = "bfloat16") -> None:
+def hole_document(hole: str) -> tuple[str, int]:
+    """``(document text, cursor offset)`` of a ``--hole`` choice in :data:`HOLE_FILE`."""
+    source = (FIXTURES_DIR / HOLE_FILE).read_text()
+    if hole == "single-line":
+        lines = source.splitlines(keepends=True)
+        return source, sum(len(line) for line in lines[:HOLE_LINE]) + HOLE_CHARACTER
+    cursor = next(c for c in json.loads((FIXTURES_DIR / "cursors.json").read_text())[HOLE_FILE] if c["kind"] == "BLOCK")
+    lines = source.splitlines(keepends=True)
+    offset = sum(len(line) for line in lines[: cursor["line"]]) + cursor["character"]
+    assert source[offset:].startswith(cursor["expected"]), "cursors.json does not match the fixture"
+    return source[:offset] + source[offset + len(cursor["expected"]):], offset
+
+
+def run_child(variant: str, threads: int, compile_step: str = "on", dtype: str = "bfloat16", hole: str = "single-line") -> None:
     """Serve ``variant``: warm up, print ``READY <warm-up s>``, then time one completion per ``go`` line read."""
     import torch
     import torch._inductor.config as inductor_config
@@ -82,9 +98,7 @@ def run_child(variant: str, threads: int, compile_step: str = "on", dtype: str =
     started = time.perf_counter()
     engine = Engine(load_model(ROOT / "dg_lsp" / "models" / "dg-code-small", "cpu", dtype),
                     fast_path=FastPathSettings(compile=compile_step))
-    source = (FIXTURES_DIR / HOLE_FILE).read_text()
-    lines = source.splitlines(keepends=True)
-    offset = sum(len(line) for line in lines[:HOLE_LINE]) + HOLE_CHARACTER
+    source, offset = hole_document(hole)
     tree = get_parser("python").parse(source.encode())
     completion = CompletionOptions()
     for _ in range(3):
@@ -99,18 +113,20 @@ def run_child(variant: str, threads: int, compile_step: str = "on", dtype: str =
 
 
 def _start(
-    variant: str, threads: int, cache_dir: Path, compile_step: str, root: Path = ROOT, dtype: str | None = None
+    variant: str, threads: int, cache_dir: Path, compile_step: str, root: Path = ROOT, dtype: str | None = None,
+    hole: str | None = None,
 ) -> tuple[subprocess.Popen[str], float]:
     """A warm worker process for ``variant`` and its start-up seconds (load, compile, three requests).
 
     ``root``: the checkout whose copy of this script (and so whose ``dg_lsp``) the worker runs;
-    ``dtype``: the model's CPU dtype (``None``: the worker's default, bfloat16).
+    ``dtype``: the model's CPU dtype (``None``: the worker's default, bfloat16); ``hole``: one of
+    :data:`HOLES` (``None``: the worker's default, the single line).
     """
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache_dir))
     script = root / "benchmarks" / Path(__file__).name
     worker = subprocess.Popen(
         [sys.executable, str(script), "--child", variant, "--threads", str(threads), "--compile", compile_step,
-         *(["--dtype", dtype] if dtype else [])],
+         *(["--dtype", dtype] if dtype else []), *(["--hole", hole] if hole else [])],
         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=root,
     )
     assert worker.stdout is not None
@@ -163,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="off: the uncompiled step (the options then change nothing; for a quick check of the harness)")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
                         help="the model's dtype (float32: what `dtype: auto` runs on a CPU without bfloat16 arithmetic)")
+    parser.add_argument("--hole", choices=HOLES, default="single-line", help="which completion is timed")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        run_child(args.child, args.threads, args.compile, args.dtype)
+        run_child(args.child, args.threads, args.compile, args.dtype, args.hole)
         return 0
     from tqdm import tqdm
 
@@ -177,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for index, variant in enumerate(tqdm(variants, desc="compile", unit="variant")):
                 workers[variant], start_s[variant] = _start(variant, args.threads, Path(tmp) / str(index), args.compile,
-                                                                 dtype=args.dtype)
+                                                                 dtype=args.dtype, hole=args.hole)
             times = time_interleaved(workers, args.reps, args.gap)
         finally:
             stop_workers(workers)
@@ -192,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
               f"paired ratio to {variants[0]!r}: {row['paired_ratio_p50']:.2f}  start {row['start_s']:.0f} s")
     payload = {
         "benchmark": "cpu_compile_variants", "date": utc_now(), "command": command_line(__file__, argv),
-        "machine": machine_info("cpu", args.threads), "compile": args.compile, "dtype": args.dtype, "reps": args.reps, "hole": f"{HOLE_FILE}:{HOLE_LINE + 1}",
+        "machine": machine_info("cpu", args.threads), "compile": args.compile, "dtype": args.dtype, "reps": args.reps, "hole": f"{HOLE_FILE}:{HOLE_LINE + 1}" if args.hole == "single-line" else f"{HOLE_FILE}, first block cursor",
         "summary_ms": summary, "samples_ms": times,
     }
     write_json(args.json, payload)
@@ -201,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         fig, ax = plt.subplots(figsize=(9, 4.5))
         ax.boxplot([times[variant] for variant in variants], showfliers=False)
         ax.set_xticks(range(1, len(variants) + 1), variants, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("single-line completion, ms (cached prompt)")
+        ax.set_ylabel(f"{args.hole} completion, ms (cached prompt)")
         ax.set_title("Embedded model, compiled step, 2 threads, variants interleaved request by request")
         fig.tight_layout()
         fig.savefig(args.plot or args.json.with_suffix(".png"), dpi=110)

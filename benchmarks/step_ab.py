@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks.common`` imp
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import RESULTS_DIR, ROOT, command_line, machine_info, pyplot, summarize, utc_now, write_json  # noqa: E402
-from benchmarks.cpu_compile_variants import HOLE_FILE, HOLE_LINE, _start, stop_workers, time_interleaved  # noqa: E402
+from benchmarks.cpu_compile_variants import HOLE_FILE, HOLE_LINE, HOLES, _start, stop_workers, time_interleaved  # noqa: E402
 
 #: The worker variant both sides run: dg-lsp's own CPU compile options.
 VARIANT = "dg-lsp default (wrapper)"
@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap", type=float, default=0.2, help="seconds between completions")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "step_ab.json")
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: the JSON path with .png)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
+                        help="the model's dtype (default: the workers' own, bfloat16; needs a baseline whose worker takes --dtype)")
+    parser.add_argument("--hole", choices=HOLES, default=None,
+                        help="which completion is timed (default: the single line; needs a baseline whose worker takes --hole)")
     args = parser.parse_args(argv)
     from tqdm import tqdm
 
@@ -62,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         roots = {"baseline": baseline_root, "this tree": ROOT}
         try:
             for index, (side, root) in enumerate(tqdm(roots.items(), desc="compile", unit="side")):
-                workers[side], start_s[side] = _start(VARIANT, args.threads, Path(tmp) / f"inductor{index}", "on", root)
+                workers[side], start_s[side] = _start(VARIANT, args.threads, Path(tmp) / f"inductor{index}", "on", root,
+                                                          dtype=args.dtype, hole=args.hole)
             times = time_interleaved(workers, args.reps, args.gap)
         finally:
             stop_workers(workers)
@@ -75,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "benchmark": "step_ab", "date": utc_now(), "command": command_line(__file__, argv),
         "machine": machine_info("cpu", args.threads), "baseline": commit, "reps": args.reps,
-        "hole": f"{HOLE_FILE}:{HOLE_LINE + 1}", "summary_ms": summary, "paired_ratio": paired, "samples_ms": times,
+        "dtype": args.dtype or "bfloat16",
+        "hole": f"{HOLE_FILE}:{HOLE_LINE + 1}" if args.hole in (None, "single-line") else f"{HOLE_FILE}, first block cursor", "summary_ms": summary, "paired_ratio": paired, "samples_ms": times,
     }
     write_json(args.json, payload)
     plt = pyplot()
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         ax.boxplot([times["baseline"], times["this tree"]], showfliers=False)
         ax.set_xticks([1, 2], [f"baseline {commit[:8]}", "this tree"])
-        ax.set_ylabel("single-line completion, ms (cached prompt)")
+        ax.set_ylabel(f"{args.hole or 'single-line'} completion, ms (cached prompt)")
         ax.set_title(f"Compiled step A/B, interleaved; paired ratio p50 {paired['p50']:.3f}")
         fig.tight_layout()
         fig.savefig(args.plot or args.json.with_suffix(".png"), dpi=110)
