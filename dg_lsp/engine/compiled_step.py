@@ -35,7 +35,7 @@ from transformers import DiffusionGemmaForBlockDiffusion
 from dg_lsp.engine.background_compile import lower_thread_priority
 from dg_lsp.engine.guard_skip import COMPILED_CALLS
 from dg_lsp.engine.prompt_cache import PromptCache
-from dg_lsp.engine.sampler import NEVER, completion_floor, decided_pins, entropy_bound_accept
+from dg_lsp.engine.sampler import NEVER, completion_floor, decided_pins, entropy_bound_accept, softmax_entropy
 from dg_lsp.engine.static_cache import StepCache
 from dg_lsp.model.layer_order import stable_layer_type_order
 from dg_lsp.model.typing import text_config
@@ -237,9 +237,7 @@ def make_forward_stats(model: DiffusionGemmaForBlockDiffusion, cpu_kernels: bool
         logits = raw / temperature
         if noise_token is not None:  # absorbing noise: the noise token is never an answer
             logits = logits.index_fill(-1, noise_token.view(1), NEVER)
-        log_probs = torch.log_softmax(logits, dim=-1)
-        probs = log_probs.exp()
-        entropy = -(probs * log_probs).sum(dim=-1)
+        probs, entropy = softmax_entropy(logits)
         argmax = argmax_of(logits)
         return probs, entropy, argmax, logits.to(embed_dtype)
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dg_lsp.engine.sampler import (
+    NEVER,
     SamplerSettings,
     StableAndConfident,
     denoise_step,
     entropy_bound_accept,
+    softmax_entropy,
     temperature,
 )
 
@@ -24,6 +28,36 @@ def _reference_accept_count(row: list[float], bound: float) -> int:
         if sum(ordered[:k]) - max(ordered[:k]) <= bound:
             best = k
     return best
+
+
+# --- softmax_entropy -----------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 4), vocab=st.integers(2, 300), scale=st.floats(0.01, 80.0), seed=st.integers(0, 2**31 - 1),
+    never=st.booleans(),
+)
+def test_softmax_entropy_is_the_textbook_entropy(rows: int, vocab: int, scale: float, seed: int, never: bool) -> None:
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed)) * scale
+    if never:  # the absorbing-noise token's logit
+        logits[:, 0] = NEVER
+    probs, entropy = softmax_entropy(logits)
+    wide = logits.double()
+    log_probs = torch.log_softmax(wide, dim=-1)
+    reference = -(log_probs.exp() * log_probs).sum(dim=-1)
+    assert not entropy.isnan().any()
+    assert torch.allclose(entropy.double(), reference, rtol=1e-5, atol=2e-5)
+    assert torch.allclose(probs.double(), torch.softmax(wide, dim=-1), rtol=1e-5, atol=1e-7)
+    if never:
+        assert (probs[:, 0] == 0).all()
+
+
+def test_softmax_entropy_of_a_certain_and_a_uniform_row() -> None:
+    probs, entropy = softmax_entropy(torch.tensor([[0.0, -200.0, -200.0, -200.0], [1.0, 1.0, 1.0, 1.0]]))
+    assert entropy[0].item() == pytest.approx(0.0, abs=1e-30)
+    assert entropy[1].item() == pytest.approx(torch.log(torch.tensor(4.0)).item(), rel=1e-6)
+    assert probs[1].tolist() == pytest.approx([0.25] * 4)
 
 
 # --- entropy_bound_accept ------------------------------------------------------------------
