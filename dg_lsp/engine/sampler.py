@@ -56,7 +56,7 @@ def softmax_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     ``H = log S - sum(e^z z) / S`` with ``z = logits - max`` and ``S = sum(e^z)``: the maximum, then both
     sums in one pass, each ``exp`` taken once, where ``-(p * log_softmax).sum()`` needs a third pass. The
-    same entropy within float32 rounding (~2e-6 nats at a 8192-token vocabulary); 17-32% faster compiled on a
+    same entropy within float32 rounding (~2e-6 nats over an 8192-token vocabulary); 17-32% faster compiled on a
     CPU over 32-128 rows of 8192 (``benchmarks/RESULTS.md``, issue 12, session 26). A logit of
     :data:`NEVER` gets probability 0 and adds 0 (``0 * -1e9``; ``-inf`` would give NaN).
     """
