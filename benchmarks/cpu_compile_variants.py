@@ -15,7 +15,6 @@ variants measured side by side compare (the JSON keeps each variant's paired rat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -32,7 +31,9 @@ from benchmarks.common import (  # noqa: E402
     RESULTS_DIR,
     ROOT,
     command_line,
+    load_cursors,
     machine_info,
+    offset_at,
     pyplot,
     summarize,
     utc_now,
@@ -68,9 +69,8 @@ def hole_document(hole: str) -> tuple[str, int]:
     if hole == "single-line":
         lines = source.splitlines(keepends=True)
         return source, sum(len(line) for line in lines[:HOLE_LINE]) + HOLE_CHARACTER
-    cursor = next(c for c in json.loads((FIXTURES_DIR / "cursors.json").read_text())[HOLE_FILE] if c["kind"] == "BLOCK")
-    lines = source.splitlines(keepends=True)
-    offset = sum(len(line) for line in lines[: cursor["line"]]) + cursor["character"]
+    cursor = next(c for c in load_cursors()[HOLE_FILE] if c["kind"] == "BLOCK")
+    offset = offset_at(source, cursor["line"], cursor["character"])
     assert source[offset:].startswith(cursor["expected"]), "cursors.json does not match the fixture"
     return source[:offset] + source[offset + len(cursor["expected"]):], offset
 
