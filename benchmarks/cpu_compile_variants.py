@@ -75,6 +75,11 @@ def hole_document(hole: str) -> tuple[str, int]:
     return source[:offset] + source[offset + len(cursor["expected"]):], offset
 
 
+def hole_label(hole: str | None) -> str:
+    """Where a ``--hole`` choice is, for reports (``None``: the single line)."""
+    return f"{HOLE_FILE}:{HOLE_LINE + 1}" if hole in (None, "single-line") else f"{HOLE_FILE}, first block cursor"
+
+
 def run_child(variant: str, threads: int, compile_step: str = "on", dtype: str = "bfloat16", hole: str = "single-line") -> None:
     """Serve ``variant``: warm up, print ``READY <warm-up s>``, then time one completion per ``go`` line read."""
     import torch
@@ -209,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
               f"paired ratio to {variants[0]!r}: {row['paired_ratio_p50']:.2f}  start {row['start_s']:.0f} s")
     payload = {
         "benchmark": "cpu_compile_variants", "date": utc_now(), "command": command_line(__file__, argv),
-        "machine": machine_info("cpu", args.threads), "compile": args.compile, "dtype": args.dtype, "reps": args.reps, "hole": f"{HOLE_FILE}:{HOLE_LINE + 1}" if args.hole == "single-line" else f"{HOLE_FILE}, first block cursor",
+        "machine": machine_info("cpu", args.threads), "compile": args.compile, "dtype": args.dtype, "reps": args.reps,
+        "hole": hole_label(args.hole),
         "summary_ms": summary, "samples_ms": times,
     }
     write_json(args.json, payload)

@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks.common`` imp
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import RESULTS_DIR, ROOT, command_line, machine_info, pyplot, summarize, utc_now, write_json  # noqa: E402
-from benchmarks.cpu_compile_variants import HOLE_FILE, HOLE_LINE, HOLES, _start, stop_workers, time_interleaved  # noqa: E402
+from benchmarks.cpu_compile_variants import HOLES, _start, hole_label, stop_workers, time_interleaved  # noqa: E402
 
 #: The worker variant both sides run: dg-lsp's own CPU compile options.
 VARIANT = "dg-lsp default (wrapper)"
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "step_ab", "date": utc_now(), "command": command_line(__file__, argv),
         "machine": machine_info("cpu", args.threads), "baseline": commit, "reps": args.reps,
         "dtype": args.dtype or "bfloat16",
-        "hole": f"{HOLE_FILE}:{HOLE_LINE + 1}" if args.hole in (None, "single-line") else f"{HOLE_FILE}, first block cursor", "summary_ms": summary, "paired_ratio": paired, "samples_ms": times,
+        "hole": hole_label(args.hole), "summary_ms": summary, "paired_ratio": paired, "samples_ms": times,
     }
     write_json(args.json, payload)
     plt = pyplot()
