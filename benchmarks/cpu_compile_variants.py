@@ -26,6 +26,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``benchmarks.common`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch  # noqa: E402
+
 from benchmarks.common import (  # noqa: E402
     FIXTURES_DIR,
     RESULTS_DIR,
@@ -41,6 +43,9 @@ from benchmarks.common import (  # noqa: E402
 )
 from dg_lsp.engine.compiled_step import CPU_GEMM_OPTIONS, CPU_TUNING_ENV, CPU_WRAPPER_OPTIONS  # noqa: E402
 
+#: The experts implementation name :func:`register_dense_experts` registers with transformers.
+DENSE_EXPERTS = "dg_lsp_bench_dense"
+
 #: Variant name -> (transformers experts implementation or None for the default, inductor options set globally,
 #: ``$DG_LSP_CPU_COMPILE_TUNING`` for dg-lsp's own CPU options, ``compiled_step.cpu_inductor_options``).
 #: Variants with options of their own turn dg-lsp's off, so each measures exactly the options it names.
@@ -53,7 +58,36 @@ VARIANTS: dict[str, tuple[str | None, dict[str, Any], str]] = {
     "all three": (None, {**CPU_WRAPPER_OPTIONS, **CPU_GEMM_OPTIONS}, "off"),
     "dg-lsp default (wrapper)": (None, {}, "wrapper"),
     "dg-lsp max": (None, {}, "max"),
+    # every expert on every canvas row, then the routing weight: no per-expert Python loop in the graph
+    "dense experts": (DENSE_EXPERTS, CPU_WRAPPER_OPTIONS, "off"),
+    # inductor's kernels split over threads only from 65536 elements a thread (default 512)
+    "serial small kernels": (None, {**CPU_WRAPPER_OPTIONS, "cpp.min_chunk_size": 65536}, "off"),
 }
+
+
+def dense_experts_forward(
+    experts: Any, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
+    """transformers' experts forward computed densely: every expert on every row, weighted by its routing weight (0 if unrouted).
+
+    The same sum as the grouped forward (``grouped_mm_experts_forward``) in another order: no sort, no
+    per-expert slices, so a compiled graph needs no call back into Python (``transformers::grouped_mm_fallback``).
+    """
+    rows = hidden_states.shape[0]
+    routing = torch.zeros(rows, experts.num_experts, dtype=top_k_weights.dtype, device=hidden_states.device)
+    routing = routing.scatter_add(1, top_k_index, top_k_weights)  # (rows, experts)
+    gate_up = torch.matmul(hidden_states.to(experts.gate_up_proj.dtype), experts.gate_up_proj.transpose(1, 2))
+    projected = torch.bmm(experts._apply_gate(gate_up), experts.down_proj.transpose(1, 2))  # (experts, rows, hidden)
+    weighted = projected * routing.t().unsqueeze(-1).to(projected.dtype)
+    return weighted.sum(dim=0).to(hidden_states.dtype)
+
+
+def register_dense_experts() -> None:
+    """Make :data:`DENSE_EXPERTS` a transformers experts implementation (``config._experts_implementation``)."""
+    from transformers.integrations.moe import ExpertsInterface
+
+    ExpertsInterface.register(DENSE_EXPERTS, dense_experts_forward)
+
 
 HOLE_FILE = "python/shapes.py"
 HOLE_LINE = 33  # 0-based: line 34
@@ -95,6 +129,8 @@ def run_child(variant: str, threads: int, compile_step: str = "on", dtype: str =
 
     experts, options, tuning = VARIANTS[variant]
     os.environ[CPU_TUNING_ENV] = tuning
+    if experts == DENSE_EXPERTS:
+        register_dense_experts()
     if experts is not None:
         setattr(weights, "experts_implementation", lambda quantize: experts)
     for key, value in options.items():

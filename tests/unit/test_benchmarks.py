@@ -219,3 +219,25 @@ def test_cpu_compile_variants_interleave_warm_workers(tmp_path: Path) -> None:
         assert report["summary_ms"][variant]["start_s"] > 0
     assert report["summary_ms"]["stock inductor"]["paired_ratio_p50"] == 1.0
     assert report["summary_ms"]["eager experts"]["paired_ratio_p50"] > 0
+
+
+def test_dense_experts_match_the_grouped_forward() -> None:
+    """The ``dense experts`` variant computes what transformers' grouped experts forward computes."""
+    import torch
+    from transformers.integrations.moe import grouped_mm_experts_forward
+
+    from dg_lsp.model.loader import EMBEDDED_MODEL_DIR, load_model
+
+    model = load_model(EMBEDDED_MODEL_DIR, "cpu", "float32").model
+    experts = next(module for name, module in model.named_modules() if name.endswith(".experts"))
+    generator = torch.Generator().manual_seed(0)
+    for rows in (1, 7, 32):
+        hidden = torch.randn(rows, experts.gate_up_proj.shape[-1], generator=generator)
+        routing = torch.randn(rows, experts.num_experts, generator=generator).softmax(dim=-1)
+        weights, index = routing.topk(1, dim=-1)
+        with torch.inference_mode():
+            grouped = grouped_mm_experts_forward(experts, hidden, index, weights)
+            dense = cpu_compile_variants.dense_experts_forward(experts, hidden, index, weights)
+        assert dense.shape == grouped.shape == hidden.shape
+        torch.testing.assert_close(dense, grouped, rtol=1e-5, atol=1e-5)
+        assert grouped.abs().max() > 1e-3  # a real comparison, not of two zero tensors
