@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, cpu_compile_variants, engine_bench, lsp_latency  # noqa: E402
+from benchmarks import common, cpu_compile_variants, engine_bench, lsp_latency, train_step  # noqa: E402
 
 
 def test_percentile_matches_linear_interpolation() -> None:
@@ -241,3 +241,17 @@ def test_dense_experts_match_the_grouped_forward() -> None:
         assert dense.shape == grouped.shape == hidden.shape
         torch.testing.assert_close(dense, grouped, rtol=1e-5, atol=1e-5)
         assert grouped.abs().max() > 1e-3  # a real comparison, not of two zero tensors
+
+
+def test_train_step_times_each_canvas_length_of_both_objectives(tmp_path: Path) -> None:
+    for objective in ("infill", "lm"):
+        out = tmp_path / f"{objective}.json"
+        argv = ["--objective", objective, "--canvases", "32,64", "--warmup", "0", "--steps", "1", "--batch-size", "2",
+                "--context-tokens", "64", "--no-progress", "--json", str(out)]
+        assert train_step.main(argv) == 0
+        report = json.loads(out.read_text())
+        assert [row["canvas"] for row in report["rows"]] == [32, 64]
+        assert all(row["step_s"]["count"] == 1 and row["tokens_per_s"] > 0 for row in report["rows"])
+        assert report["graph_breaks"] == 0 and report["args"]["objective"] == objective
+    infill, lm = (json.loads((tmp_path / f"{o}.json").read_text())["rows"] for o in ("infill", "lm"))
+    assert all(a["tokens_per_step"] > b["tokens_per_step"] for a, b in zip(infill, lm))  # lm: prompt tokens only

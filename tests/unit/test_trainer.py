@@ -179,6 +179,69 @@ def test_encoder_next_token_loss_matches_a_manual_computation(tiny_model_dir: Pa
     assert float(losses.total) == pytest.approx(losses.canvas + losses.lm, rel=1e-4)
 
 
+def test_the_lm_objective_trains_the_next_token_loss_alone(tiny_model_dir: Path, tokenizer: Tokenizer) -> None:
+    """``--objective lm``: the same next-token loss as the infilling step's, and no decoder pass."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    layout = resolve_layout_tokens(tokenizer.get_vocab(with_added_tokens=True))
+    batch = T.collate(next(T.batches(iter(_examples(tokenizer, 40)), 2)), layout)
+    config = T.TrainConfig(geometry="tiny", lm_weight=1.0, objective="lm")
+    joint = T.diffusion_loss(model, batch, vocab_size(model), config, torch.Generator().manual_seed(0))
+    alone = T._compiled_step(False, "lm")(model, batch, vocab_size(model), config, torch.Generator().manual_seed(0))
+    assert alone.lm == pytest.approx(joint.lm, rel=1e-5) and float(alone.total) == pytest.approx(joint.lm, rel=1e-5)
+    assert alone.canvas is None and alone.middle is None
+    model.zero_grad(set_to_none=True)
+    alone.total.backward()  # type: ignore[no-untyped-call]
+    trained = {name for name, p in model.named_parameters() if p.grad is not None and float(p.grad.abs().sum()) > 0}
+    assert "lm_head.weight" in trained or any("embed_tokens" in name for name in trained)
+    assert any(".layers.0." in name for name in trained)
+    assert not any("self_conditioning" in name for name in trained)  # only the decoder reads it
+    assert T.trained_tokens(batch, "lm") == int(batch.prompt_mask.sum()) < T.trained_tokens(batch, "infill") == batch.tokens
+
+
+def test_the_trainer_s_decoder_masks_give_the_logits_of_transformers_own(tiny_model_dir: Path, tokenizer: Tokenizer) -> None:
+    """The 4-D masks the trainer builds (no data-dependent test) mask exactly what transformers' 2-D path masks."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    model.train(False)
+    layout = resolve_layout_tokens(tokenizer.get_vocab(with_added_tokens=True))
+    group = next(T.batches(iter(_examples(tokenizer, 40)), 3))
+    batch = T.collate(group, layout, width=max(len(e.prompt) for e in group) + 11)  # right padding to mask
+    assert not bool(batch.prompt_mask.all())
+    masks = T.decoder_masks(model, batch)
+    assert set(masks) == set(text_config(model).layer_types)
+
+    def logits(decoder_mask: Any) -> torch.Tensor:
+        cache = DynamicCache(config=text_config(model))
+        with torch.no_grad():
+            model.model.encoder(input_ids=batch.prompt, attention_mask=batch.prompt_mask, past_key_values=cache)
+            return model(decoder_input_ids=batch.canvas, past_key_values=cache, decoder_attention_mask=decoder_mask,
+                         decoder_position_ids=batch.positions).logits
+
+    assert torch.allclose(logits(masks), logits(batch.decoder_mask), atol=1e-5)
+    unmasked = {name: torch.ones_like(mask) for name, mask in masks.items()}  # padding visible: other logits
+    assert not torch.allclose(logits(unmasked), logits(batch.decoder_mask), atol=1e-3)
+
+
+def test_the_loss_is_one_graph_for_dynamo(tiny_model_dir: Path, tokenizer: Tokenizer) -> None:
+    """No graph break in the step's loss (what ``--compile`` compiles): breaks multiplied its graphs past dynamo's
+    recompile limit, and the steps past it ran eager."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    layout = resolve_layout_tokens(tokenizer.get_vocab(with_added_tokens=True))
+    group = next(T.batches(iter(_examples(tokenizer, 40)), 2))
+    batch = T.collate(group, layout, eom_weight=0.1, width=max(len(e.prompt) for e in group) + 8)
+    config = T.TrainConfig(geometry="tiny")
+    noise = T.draw_noise(batch.canvas, vocab_size(model), config, torch.Generator().manual_seed(0), batch.middle_region)
+    infill = torch._dynamo.explain(T.loss_terms)(model, batch, noise, 0.5, True)
+    lm = torch._dynamo.explain(T.lm_terms)(model, batch)
+    assert (infill.graph_break_count, infill.graph_count) == (0, 1), [r.reason for r in infill.break_reasons]
+    assert (lm.graph_break_count, lm.graph_count) == (0, 1), [r.reason for r in lm.break_reasons]
+
+
 def _loss_parts(model: Any, batch: T.Batch) -> list[float]:
     config = T.TrainConfig(geometry="tiny", lm_weight=0.5, self_conditioning_prob=0.5, eom_weight=0.1)
     losses = T.diffusion_loss(model, batch, vocab_size(model), config, torch.Generator().manual_seed(3))
@@ -255,6 +318,27 @@ def test_tiny_run_warm_starts_resumes_stops_on_request_and_exports(tiny_model_di
     (out / "STOP").touch()
     T.train(T.build_parser().parse_args([*argv[:-6], "--total-steps", "50", *argv[-6:]]))
     assert json.loads((out / "train-summary.json").read_text())["steps"] == 5
+
+
+def test_an_lm_objective_run_evaluates_the_infilling_losses_and_counts_prompt_tokens(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lm"
+    argv = [
+        "--corpus", str(_corpus(tmp_path)), "--tokenizer", str(tiny_model_dir), "--out", str(out), "--geometry", "tiny",
+        "--init-from", str(tiny_model_dir), "--total-steps", "2", "--batch-size", "2", "--context-tokens", "64",
+        "--max-canvas", "32", "--eval-every", "1", "--eval-batches", "1", "--threads", "1", "--no-progress",
+        "--device", "cpu", "--objective", "lm",
+    ]
+    T.train(T.build_parser().parse_args(argv))
+    summary = json.loads((out / "train-summary.json").read_text())
+    assert summary["steps"] == 2 and summary["config"]["objective"] == "lm"
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    steps = [r for r in history if "loss" in r]
+    assert [r["middle"] for r in steps] == [None, None] and all(r["lm"] > 0 for r in steps)
+    assert all(r["eval_middle"] > 0 and r["eval_sampler_middle"] > 0 and r["eval_lm"] > 0 for r in history if "eval_lm" in r)
+    # two prompts per step, each at most the context budget plus its markers: no canvas tokens counted
+    assert 0 < summary["tokens"] <= 2 * 2 * (64 + 8)
+    with pytest.raises(SystemExit):
+        T.build_parser().parse_args([*argv[:-1], "denoise"])
 
 
 def test_gpu_pack_leaves_held_out_files_and_other_languages_behind(tmp_path: Path) -> None:
