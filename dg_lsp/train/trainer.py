@@ -253,9 +253,8 @@ def loss_terms(
     self-conditioning pass runs for the whole batch and its logits reach only the examples
     whose ``use_sc`` is set (the decoder zeroes the signal elsewhere).
     """
-    cache = DynamicCache(config=text_config(model))
-    encoded = model.model.encoder(input_ids=batch.prompt, attention_mask=batch.prompt_mask, past_key_values=cache)
-    lm = _next_token_loss(model, batch, encoded.last_hidden_state) if lm_weight > 0 else torch.zeros((), device=batch.prompt.device)
+    cache, hidden = _encode(model, batch)
+    lm = _next_token_loss(model, batch, hidden) if lm_weight > 0 else torch.zeros((), device=batch.prompt.device)
     masks = decoder_masks(model, batch)
     sc_logits = None
     if self_conditioning:
@@ -287,9 +286,14 @@ def loss_terms(
 
 def lm_terms(model: DiffusionGemmaForBlockDiffusion, batch: Batch) -> torch.Tensor:
     """The encoder's next-token loss alone (``--objective lm``): no decoder pass, no noise."""
+    return _next_token_loss(model, batch, _encode(model, batch)[1])
+
+
+def _encode(model: DiffusionGemmaForBlockDiffusion, batch: Batch) -> tuple[DynamicCache, torch.Tensor]:
+    """Run the causal encoder over the prompts: the KV cache it wrote and its last hidden states."""
     cache = DynamicCache(config=text_config(model))
     encoded = model.model.encoder(input_ids=batch.prompt, attention_mask=batch.prompt_mask, past_key_values=cache)
-    return _next_token_loss(model, batch, encoded.last_hidden_state)
+    return cache, encoded.last_hidden_state
 
 
 def _next_token_loss(model: DiffusionGemmaForBlockDiffusion, batch: Batch, hidden: torch.Tensor) -> torch.Tensor:
@@ -619,7 +623,9 @@ def _compiled_step(compile_step: bool, objective: str = "infill") -> Callable[..
     batch as with variable widths).
     """
     if objective == "lm":
-        return functools.partial(next_token_step_loss, terms=torch.compile(lm_terms, dynamic=False)) if compile_step else next_token_step_loss
+        if not compile_step:
+            return next_token_step_loss
+        return functools.partial(next_token_step_loss, terms=torch.compile(lm_terms, dynamic=False))
     if not compile_step:
         return diffusion_loss
     compiled = cast(TermsFunction, torch.compile(loss_terms, dynamic=False))
