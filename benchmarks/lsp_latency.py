@@ -6,6 +6,13 @@ times ``textDocument/inlineCompletion`` at the cursor, ``--reps`` times. Between
 space is toggled at the end of the file (an incremental ``didChange``): the document version
 changes, so the server's completion cache cannot answer and the model really runs (and the
 prompt cache has to re-encode the prefix, which follows the suffix in the encoder layout).
+With ``--typed-ms D`` each request follows a keystroke instead, as in an editor: the document is
+opened without the character before the cursor, a ``didChange`` types it, and the request is sent
+``D`` ms later (an editor's debounce: the Neovim plugin asks 150 ms after the key and sends the
+change at 50 ms, so ~100 ms; VS Code ~50 ms). Repetitions then go round all cursors in turn, so
+every request's prompt differs from the one before it (a cursor moved, then a key typed). Run it
+with ``--completion '{"prefetch": false}'`` and without to see what encoding the prompt in that
+gap (the server's prompt prefetch) takes off a request.
 ``dg.rewriteSelection`` (``apply: false``) is timed separately over a few whole-line ranges of
 each complete fixture. Latency is wall time at the client, from sending the request to reading
 the answer: JSON-RPC, context cutting, encoding, denoising, post-processing, parse check.
@@ -81,6 +88,7 @@ class Sample:
     answered: bool  # a non-empty completion / a proposed rewrite came back
     note: str | None = None  # the server's reason when a rewrite proposed nothing
     first_draft_ms: float | None = None  # from sending the request to the first dg/draft
+    variant: str | None = None  # --typed-ab: "<option> on" / "<option> off"
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,17 @@ class OpenDoc:
         self.client.notify(
             "textDocument/didChange",
             {"textDocument": {"uri": self.uri, "version": self.version}, "contentChanges": [change]},
+        )
+
+    def type_text(self, offset: int, typed: str) -> None:
+        """Insert ``typed`` at ``offset`` with an incremental didChange (a keystroke)."""
+        line, character = end_position(self.text[:offset])
+        at = {"line": line, "character": character}
+        self.text = self.text[:offset] + typed + self.text[offset:]
+        self.version += 1
+        self.client.notify(
+            "textDocument/didChange",
+            {"textDocument": {"uri": self.uri, "version": self.version}, "contentChanges": [{"range": {"start": at, "end": at}, "text": typed}]},
         )
 
     def close(self) -> None:
@@ -210,8 +229,8 @@ def start_server(args: argparse.Namespace, log: Path) -> tuple[LspClient, Any]:
     return LspClient(command, env=env, stderr=stderr), stderr
 
 
-def initialize(client: LspClient, args: argparse.Namespace) -> dict[str, Any]:
-    """initialize / initialized, then poll ``dg.info`` until the model is no longer loading."""
+def init_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The server's initializationOptions for these arguments."""
     options: dict[str, Any] = {"model": args.model, "completion": json.loads(args.completion)}
     if args.device:
         options["device"] = args.device
@@ -221,6 +240,25 @@ def initialize(client: LspClient, args: argparse.Namespace) -> dict[str, Any]:
         options["fastPath"] = args.fast_path == "on"
     if args.compile is not None:
         options["compile"] = args.compile
+    return options
+
+
+def set_completion_option(client: LspClient, args: argparse.Namespace, name: str, on: bool) -> None:
+    """Set a boolean ``completion`` option (didChangeConfiguration) and wait until the server took it."""
+    options = init_options(args)
+    options["completion"] = {**options["completion"], name: on}
+    client.notify("workspace/didChangeConfiguration", {"settings": {"dgLsp": options}})
+    for _ in range(500):
+        info = client.request("workspace/executeCommand", {"command": "dg.info", "arguments": []}, timeout=60)
+        if isinstance(info, dict) and info.get("options", {}).get("completion", {}).get(name) is on:
+            return
+        time.sleep(0.01)
+    raise LspError(f"the server did not take completion.{name}={on}")
+
+
+def initialize(client: LspClient, args: argparse.Namespace) -> dict[str, Any]:
+    """initialize / initialized, then poll ``dg.info`` until the model is no longer loading."""
+    options = init_options(args)
     client.request(
         "initialize",
         {
@@ -299,6 +337,21 @@ def inline_request(client: LspClient, doc: OpenDoc, case: Case, timeout: float) 
     return seconds * 1000.0, answered, client.notification_counts["dg/draft"] - before
 
 
+def typed_request(client: LspClient, case: Case, typed_ms: float, timeout: float) -> tuple[float, bool, int]:
+    """Open the case's document without the character before the cursor, type it, wait ``typed_ms``, time the request."""
+    language = case.file.split("/", 1)[0]
+    cursor = offset_at(case.text, case.line, case.character)
+    typed = case.text[cursor - 1 : cursor]
+    doc = OpenDoc(client, FIXTURES_DIR / case.file, LANGUAGE_IDS.get(language, language), case.text[: cursor - len(typed)] + case.text[cursor:])
+    try:
+        if typed:
+            doc.type_text(cursor - 1, typed)
+        time.sleep(typed_ms / 1000.0)
+        return inline_request(client, doc, case, timeout)
+    finally:
+        doc.close()
+
+
 def rewrite_request(client: LspClient, doc: OpenDoc, range_: dict[str, Any], timeout: float) -> tuple[float, bool, int, str | None]:
     """Time one ``dg.rewriteSelection`` without applying it: (ms, proposed, drafts, server note)."""
     before = client.notification_counts["dg/draft"]
@@ -350,19 +403,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         client.draft_clock = clock  # type: ignore[attr-defined]
         _warm_up(client, cases, ranges, args)
         bar = tqdm(total=total, desc="requests", unit="req", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
-        for case in cases:
-            language = case.file.split("/", 1)[0]
-            doc = OpenDoc(client, FIXTURES_DIR / case.file, LANGUAGE_IDS.get(language, language), case.text)
+        if args.typed_ms is None:
+            for case in cases:
+                language = case.file.split("/", 1)[0]
+                doc = OpenDoc(client, FIXTURES_DIR / case.file, LANGUAGE_IDS.get(language, language), case.text)
+                for rep in range(args.reps):
+                    if rep:
+                        doc.toggle_trailing_space()
+                    ms, answered, drafts = inline_request(client, doc, case, args.request_timeout)
+                    samples.append(
+                        Sample("inline", case.kind, case.file, case.index, rep, ms, drafts, answered, first_draft_ms=clock.first_ms())
+                    )
+                    bar.set_postfix_str(f"inline {case.kind} {ms:,.0f} ms", refresh=False)
+                    bar.update(1)
+                doc.close()
+        else:
             for rep in range(args.reps):
-                if rep:
-                    doc.toggle_trailing_space()
-                ms, answered, drafts = inline_request(client, doc, case, args.request_timeout)
-                samples.append(
-                    Sample("inline", case.kind, case.file, case.index, rep, ms, drafts, answered, first_draft_ms=clock.first_ms())
-                )
-                bar.set_postfix_str(f"inline {case.kind} {ms:,.0f} ms", refresh=False)
-                bar.update(1)
-            doc.close()
+                for number, case in enumerate(cases):
+                    variant = None
+                    if args.typed_ab:  # alternate per request; each cursor gets both in turn over the reps
+                        on = (rep + number) % 2 == 0
+                        set_completion_option(client, args, args.ab_option, on)
+                        variant = f"{args.ab_option} {'on' if on else 'off'}"
+                    ms, answered, drafts = typed_request(client, case, args.typed_ms, args.request_timeout)
+                    samples.append(
+                        Sample("inline", case.kind, case.file, case.index, rep, ms, drafts, answered,
+                               first_draft_ms=clock.first_ms(), variant=variant)
+                    )
+                    bar.set_postfix_str(f"inline {case.kind} {ms:,.0f} ms", refresh=False)
+                    bar.update(1)
         for key, file_ranges in ranges.items():
             language = key.split("/", 1)[0]
             text = (FIXTURES_DIR / key).read_text(encoding="utf-8")
@@ -435,6 +504,30 @@ def group_samples(samples: list[Sample]) -> dict[str, list[float]]:
     return {name: values for name, values in groups.items() if values}
 
 
+def paired_ratios(samples: list[Sample], kinds: tuple[str, ...]) -> list[float]:
+    """Per cursor of ``kinds``: mean ms with the option on over mean ms with it off (``--typed-ab``)."""
+    by_case: dict[tuple[str, int], dict[bool, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for s in samples:
+        if s.op == "inline" and s.variant is not None and s.kind in kinds:
+            by_case[(s.file, s.index)][s.variant.endswith(" on")].append(s.ms)
+    return [sum(v[True]) / len(v[True]) / (sum(v[False]) / len(v[False])) for v in by_case.values() if v[True] and v[False]]
+
+
+def ab_report(samples: list[Sample]) -> dict[str, Any] | None:
+    """``--typed-ab``: each variant's summaries and the per-cursor paired ratios (on / off)."""
+    variants = sorted({s.variant for s in samples if s.variant is not None})
+    if not variants:
+        return None
+    return {
+        "summary_ms": {v: {name: summarize(values) for name, values in group_samples([s for s in samples if s.variant == v]).items()} for v in variants},
+        "paired_ratio_on_over_off": {
+            "single-line": summarize(paired_ratios(samples, SINGLE_LINE_KINDS)),
+            "block": summarize(paired_ratios(samples, ("BLOCK",))),
+            "all": summarize(paired_ratios(samples, KIND_ORDER)),
+        },
+    }
+
+
 def _report(
     args: argparse.Namespace,
     info: dict[str, Any],
@@ -472,10 +565,16 @@ def _report(
             "warmup": args.warmup,
             "languages": args.languages,
             "kinds": args.kinds,
-            "edit_between_reps": "toggle one space at the end of the file (didChange)",
+            "edit_between_reps": "toggle one space at the end of the file (didChange)"
+            if args.typed_ms is None
+            else "none: each request follows a typed character (didChange), reps go round all cursors",
+            "typed_ms": args.typed_ms,
+            "typed_ab": args.typed_ab,
+            "ab_option": args.ab_option if args.typed_ab else None,
             "threads": args.threads,
         },
         "summary_ms": summary,
+        "ab": ab_report(samples),
         "target": {
             "single_line_p50_ms": single["p50"] if single else None,
             "target_ms": args.target_ms,
@@ -488,7 +587,7 @@ def _report(
             "rewrite_total": sum(s.op == "rewrite" for s in samples),
         },
         "per_language_ms": per_language,
-        "server_counters": {k: counters.get(k) for k in ("jobs", "cacheHits", "typeThroughHits")},
+        "server_counters": {k: counters.get(k) for k in ("jobs", "cacheHits", "typeThroughHits", "prefetch", "promptCache")},
         "samples": [asdict(s) for s in samples],
     }
 
@@ -551,11 +650,31 @@ def markdown_block(report: dict[str, Any]) -> str:
             f"(target <= {target['target_ms']:g} ms on the 2-core CI machine: {verdict})."
         )
         lines.append("")
+    typed = settings.get("typed_ms")
+    edits = (
+        f"before every repetition one space is toggled at the end of the file, so the completion cache never "
+        f"answers and the prompt cache re-encodes the prefix"
+        if typed is None
+        else f"each request {typed:g} ms after a didChange that types the character before the cursor (a fresh "
+        f"document each time; repetitions go round all cursors, so each prompt differs from the one before"
+        + (f"; `completion.{settings.get('ab_option')}` alternated on / off between requests" if settings.get("typed_ab") else
+           f"; prompt prefetch {'on' if completion.get('prefetch', True) else 'off'}, "
+           f"speculation {'on' if completion.get('speculate') else 'off'}")
+        + ")"
+    )
+    ab = report.get("ab")
+    if ab:
+        lines += ["| variant | single-line p50 ms | block p50 ms | first draft p50 ms |", "|:---|---:|---:|---:|"]
+        for variant, groups in ab["summary_ms"].items():
+            cells = [groups.get(name, {}).get("p50") for name in
+                     ("inline single-line (REST_OF_LINE+LINE)", "inline BLOCK", "first draft after an inline request")]
+            lines.append(f"| {variant} | " + " | ".join("–" if c is None else f"{c:,.1f}" for c in cells) + " |")
+        ratios = ab["paired_ratio_on_over_off"]
+        lines += ["", f"Paired per cursor, mean ms with `{settings.get('ab_option')}` on / off: " + ", ".join(
+            f"{name} p50 {r['p50']:.3f} (n {r['count']})" for name, r in ratios.items() if r.get("count")) + ".", ""]
     lines.append(
         f"Wall time at the client, from sending the request to reading the answer. Each cursor of "
-        f"`fixtures/cursors.json` with its expected middle removed, {settings['reps']} requests each; before every "
-        f"repetition one space is toggled at the end of the file, so the completion cache never answers and the "
-        f"prompt cache re-encodes the prefix. Rewrites: {settings['rewrite_ranges']} whole-line ranges (1-3 lines) "
+        f"`fixtures/cursors.json` with its expected middle removed, {settings['reps']} requests each; {edits}. Rewrites: {settings['rewrite_ranges']} whole-line ranges (1-3 lines) "
         f"per fixture, {settings['rewrite_reps']} times each, `apply: false`. Completion settings: "
         f"maxSteps {completion.get('maxSteps')}, contextTokens {completion.get('contextTokens')}, "
         f"parseCheck {completion.get('parseCheck')}, adaptive stopping on; {settings['warmup']} untimed warm-up "
@@ -575,6 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", choices=["auto", "on", "off"], default=None, help="initializationOptions.compile (default: the server's)")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the server (default: torch's)")
     parser.add_argument("--reps", type=int, default=5, help="inline requests per cursor")
+    parser.add_argument("--typed-ms", type=float, default=None, help="each request follows a typed key by this many ms (an editor's debounce); see the module docstring")
+    parser.add_argument("--typed-ab", action="store_true", help="with --typed-ms: alternate --ab-option on and off between requests in one server (didChangeConfiguration) and report both, paired per cursor")
+    parser.add_argument("--ab-option", default="prefetch", choices=["prefetch", "speculate"], help="the boolean completion option --typed-ab alternates")
     parser.add_argument("--rewrite-ranges", type=int, default=3, help="rewrite ranges per fixture file")
     parser.add_argument("--rewrite-reps", type=int, default=2, help="rewrite requests per range (0 = no rewrites)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed requests of each kind before timing")
@@ -635,7 +757,10 @@ def compare_plot(reports: list[Path], path: Path, target_ms: float | None = None
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.typed_ab and args.typed_ms is None:
+        parser.error("--typed-ab needs --typed-ms")
     if args.compare:
         print(f"wrote {compare_plot(args.compare, args.plot, args.target_ms)}")
         return 0

@@ -36,6 +36,11 @@ class CompletionOptions:
     entropy_bound: float | None = field(default=None, metadata={"check": _in_range(1e-6, 1e6)})
     seed: int = 0
     cache_size: int = field(default=64, metadata={"check": _in_range(0, 100000)})
+    #: Encode the prompt at the cursor after each edit, while the editor waits to ask (local engine only).
+    prefetch: bool = True
+    #: With ``prefetch``: denoise the whole completion there too, so the editor's request is answered from it
+    #: (the model works after every pause in typing, asked or not).
+    speculate: bool = False
 
     def sampler(self, defaults: SamplerSettings = SamplerSettings()) -> SamplerSettings:
         """Sampler settings for completions: the model's ``defaults`` with what the user set."""

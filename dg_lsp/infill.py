@@ -72,18 +72,16 @@ def hole_kind(context: InfillContext) -> HoleKind:
     return HoleKind[context.kind.name]
 
 
-def complete(
+def completion_request(
     backend: InfillBackend,
     text: str,
     tree: tree_sitter.Tree | None,
     language: str | None,
     offset: int,
     options: CompletionOptions,
-    on_draft: DraftSink | None = None,
-    cancelled: Callable[[], bool] | None = None,
     file_name: str | None = None,
-) -> Completion | None:
-    """Infill at ``offset``; None when the model produced nothing worth showing."""
+) -> tuple[InfillContext, InfillRequest]:
+    """The context cut around ``offset`` and the engine request an inline completion there makes."""
     budget = context_budget(backend, options)
     context = build_context(text, tree, language, offset, budget, backend.count_tokens)
     request = InfillRequest(
@@ -97,6 +95,22 @@ def complete(
         seed=options.seed,
         file_name=file_name,
     )
+    return context, request
+
+
+def complete(
+    backend: InfillBackend,
+    text: str,
+    tree: tree_sitter.Tree | None,
+    language: str | None,
+    offset: int,
+    options: CompletionOptions,
+    on_draft: DraftSink | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    file_name: str | None = None,
+) -> Completion | None:
+    """Infill at ``offset``; None when the model produced nothing worth showing."""
+    context, request = completion_request(backend, text, tree, language, offset, options, file_name)
 
     answers: dict[str, str | None] = {}
 

@@ -35,5 +35,12 @@ class InfillBackend(Protocol):
     ) -> InfillResult:
         """Fill one hole; raises :class:`~dg_lsp.engine.denoiser.Cancelled` when ``cancelled()`` turns true."""
 
+    @property
+    def prefetches(self) -> bool:
+        """Whether :meth:`prefetch` does anything (the resident engine: yes; an engine server: no)."""
+
+    def prefetch(self, request: InfillRequest) -> bool:
+        """Encode ``request``'s prompt ahead of the request itself; False when this backend cannot."""
+
     def describe(self) -> dict[str, Any]:
         """Model facts for ``dg.info``: model, modelPath, device, dtype, parameters, canvasLength, ..."""

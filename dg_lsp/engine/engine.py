@@ -25,7 +25,7 @@ from dg_lsp.engine.background_compile import BackgroundCompile
 from dg_lsp.engine.compiled_step import StepFunctions
 from dg_lsp.engine.denoiser import CanvasSpec, DenoiseOutcome, Draft, denoise
 from dg_lsp.engine.fast_path import FastDenoiser, FastPathSettings
-from dg_lsp.engine.prompt_cache import EncodeStats, PromptCache
+from dg_lsp.engine.prompt_cache import EncodeStats, EncodeTotals, PromptCache
 from dg_lsp.engine.sampler import SamplerSettings
 from dg_lsp.model.loader import LoadedModel, ModelLoadError
 from dg_lsp.prompting.answer import strip_thinking
@@ -162,6 +162,8 @@ class Engine:
         #: Special-token texts a chat answer is cleared of after its thinking block is gone (one pass).
         self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
         self._cache = PromptCache(loaded.model, reuse=reuse_prompt_cache)
+        #: Every prompt encode so far (requests and prefetches).
+        self.encodes = EncodeTotals()
         #: Static prompt KV, fixed shapes, sync-free (optionally compiled) step; None: the eager path.
         self.fast = FastDenoiser(loaded.model, fast_path, noise_id=loaded.noise_id) if fast_path.enabled else None
         self._fast_settings = fast_path
@@ -251,6 +253,7 @@ class Engine:
             else sorted(self.markers.stop_ids),
             "sampler": sampler_json(self.sampler_defaults),
             "compile": self.compile_facts(),
+            "promptCache": self.encodes.to_json(),
         }
 
     def compile_facts(self) -> dict[str, object]:
@@ -318,6 +321,33 @@ class Engine:
             denoise_ms=denoise_ms,
         )
 
+    @property
+    def prefetches(self) -> bool:
+        """Yes: :meth:`prefetch` fills the prompt cache."""
+        return True
+
+    def prefetch(self, request: InfillRequest) -> bool:
+        """Encode ``request``'s prompt into the prompt cache now, so that the request itself reuses it.
+
+        Called while the editor waits before asking (its debounce): the request then finds its
+        whole prompt encoded and goes straight to denoising.
+        """
+        prompt = self.prompt_ids(request)
+        with self._lock:
+            self._encode(prompt)
+        return True
+
+    def _encode(self, prompt: list[int]) -> EncodeStats:
+        """Make the prompt cache hold ``prompt`` (lock held); an interrupted encode leaves it empty."""
+        try:
+            encoder = self.fast.prompt_encoder() if self.fast is not None else None
+            stats = self._cache.encode(prompt, encoder=encoder)
+        except BaseException:
+            self._cache.clear()
+            raise
+        self.encodes.add(stats)
+        return stats
+
     def infill(
         self,
         request: InfillRequest,
@@ -328,12 +358,7 @@ class Engine:
         prepared = self.prepare(request)
         with self._lock:
             started = time.perf_counter()
-            try:
-                encoder = self.fast.prompt_encoder() if self.fast is not None else None
-                stats = self._cache.encode(prepared.prompt, encoder=encoder)
-            except BaseException:
-                self._cache.clear()
-                raise
+            stats = self._encode(prepared.prompt)
             encoded = time.perf_counter()
             if self.fast is not None:
                 outcome = self.fast.denoise(

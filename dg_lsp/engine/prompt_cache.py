@@ -27,6 +27,38 @@ class EncodeStats:
     encoded_tokens: int
 
 
+@dataclass
+class EncodeTotals:
+    """What the prompt cache has encoded and reused, over all requests (``dg.info``'s ``promptCache``)."""
+
+    prompts: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    encoded_tokens: int = 0
+    last: EncodeStats | None = None
+
+    def add(self, stats: EncodeStats) -> None:
+        """Count one encode."""
+        self.prompts += 1
+        self.prompt_tokens += stats.prompt_tokens
+        self.reused_tokens += stats.reused_tokens
+        self.encoded_tokens += stats.encoded_tokens
+        self.last = stats
+
+    def to_json(self) -> dict[str, Any]:
+        """The totals and the last encode, camelCase."""
+        last = self.last
+        return {
+            "prompts": self.prompts,
+            "promptTokens": self.prompt_tokens,
+            "reusedTokens": self.reused_tokens,
+            "encodedTokens": self.encoded_tokens,
+            "last": None
+            if last is None
+            else {"promptTokens": last.prompt_tokens, "reusedTokens": last.reused_tokens, "encodedTokens": last.encoded_tokens},
+        }
+
+
 def cache_layers(cache: DynamicCache) -> list[DynamicLayer]:
     """The layers of a dynamic cache, typed as such."""
     return [cast(DynamicLayer, layer) for layer in cache.layers]

@@ -143,6 +143,15 @@ class RemoteBackend:
         facts = self._facts
         return {"model": facts.get("model") or self._model_id, **{key: facts.get(key) for key in FACT_KEYS}}
 
+    @property
+    def prefetches(self) -> bool:
+        """No: see :meth:`prefetch`."""
+        return False
+
+    def prefetch(self, request: InfillRequest) -> bool:
+        """Nothing to do ahead of time: the engine server encodes each request's prompt itself."""
+        return False
+
     def infill(
         self,
         request: InfillRequest,

@@ -44,28 +44,32 @@ class JobRunner:
         if event is not None:
             event.set()
 
-    def _run(self, fn: Callable[[Callable[[], bool]], T], event: threading.Event) -> T:
+    def _run(self, fn: Callable[[Callable[[], bool]], T], event: threading.Event, stats: JobStats) -> T:
         if event.is_set():
             raise Cancelled()
-        self.stats.started += 1
+        stats.started += 1
         return fn(event.is_set)
 
-    async def run(self, key: str, fn: Callable[[Callable[[], bool]], T]) -> T:
-        """Run ``fn(cancelled)`` on the worker; raises :class:`Cancelled` if superseded or cancelled."""
+    async def run(self, key: str, fn: Callable[[Callable[[], bool]], T], counted: bool = True) -> T:
+        """Run ``fn(cancelled)`` on the worker; raises :class:`Cancelled` if superseded or cancelled.
+
+        ``counted=False`` keeps the job out of :attr:`stats` (work nobody asked for, e.g. a prefetch).
+        """
         self.cancel(key)
         event = threading.Event()
         self._latest[key] = event
-        self.stats.submitted += 1
+        stats = self.stats if counted else JobStats()
+        stats.submitted += 1
         try:
-            result = await asyncio.wrap_future(self._executor.submit(self._run, fn, event))
-            self.stats.completed += 1
+            result = await asyncio.wrap_future(self._executor.submit(self._run, fn, event, stats))
+            stats.completed += 1
             return result
         except (Cancelled, asyncio.CancelledError):
             event.set()
-            self.stats.cancelled += 1
+            stats.cancelled += 1
             raise
         except Exception:
-            self.stats.failed += 1
+            stats.failed += 1
             raise
         finally:
             if self._latest.get(key) is event:

@@ -23,7 +23,7 @@ from dg_lsp.engine.background_compile import BackgroundCompile, CompileState
 from dg_lsp.engine.denoiser import Cancelled
 from dg_lsp.engine.engine import Engine, sampler_json
 from dg_lsp.engine.remote import RemoteEngineError, RemoteSettings
-from dg_lsp.infill import Completion, complete, rewrite
+from dg_lsp.infill import Completion, complete, completion_request, rewrite
 from dg_lsp.languages import detect_language
 from dg_lsp.model.loader import ModelLoadError
 from dg_lsp.server.drafts import DraftNotifier
@@ -36,6 +36,7 @@ from dg_lsp.server.model_manager import (
     model_spec,
     remote_settings,
 )
+from dg_lsp.server.prefetch import PrefetchPlan, Prefetcher, edit_end
 from dg_lsp.server.protocol_guard import GuardedProtocol, strict_converter
 from dg_lsp.server.suggestions import SuggestionMemory
 from dg_lsp.special_tokens import LANGUAGES
@@ -71,6 +72,7 @@ class DgServer(LanguageServer):
         self.model_override = model_override
         self.models = ModelManager()
         self.jobs = JobRunner()
+        self.prefetcher = Prefetcher(self.jobs)
         self.documents: dict[str, OpenDocument] = {}
         self.memory = SuggestionMemory()
         self._announced: set[str] = set()
@@ -94,6 +96,51 @@ class DgServer(LanguageServer):
                 f"position {position.line}:{position.character} is outside {uri} ({lines} lines)"
             )
         return doc.tree.offset_at(position)
+
+    def prefetch_after_edit(self, uri: str, changes: Any) -> None:
+        """Schedule the prompt prefetch for the cursor an edit left (see :mod:`dg_lsp.server.prefetch`)."""
+        options, backend = self.options.completion, self.models.backend
+        doc = self.documents.get(uri)
+        if doc is None or not (options.enabled and options.prefetch) or backend is None or not backend.prefetches:
+            return
+        try:
+            cursor = edit_end(changes, doc.tree.offset_at)
+        except ValueError:
+            return
+        if cursor is None:
+            return
+        version = doc.version
+        self.prefetcher.schedule(lambda: self._prefetch_job(uri, version, cursor), (uri, version, cursor))
+
+    def _prefetch_job(self, uri: str, version: int, cursor: int) -> PrefetchPlan | None:
+        """The prefetch for ``cursor`` in ``uri`` at ``version``; None if the model or the document moved on."""
+        doc = self.documents.get(uri)
+        backend = self.models.backend
+        loading = self._load_task is not None and not self._load_task.done()
+        if doc is None or doc.version != version or backend is None or loading:
+            return None
+        snapshot = doc.tree.snapshot()
+        text, options = doc.tree.text, self.options.completion
+        language = doc.tree.language or detect_language(uri, None)
+        cursor = min(cursor, len(text))
+
+        answers: list[str] = []
+
+        def job(cancelled: Callable[[], bool]) -> bool:
+            if options.speculate:  # the whole completion, remembered for the request (see ``done``)
+                result = complete(backend, text, snapshot.tree(), language, cursor, options, None, cancelled, file_name(uri))
+                answers.append(result.text if result is not None else "")
+                return True
+            request = completion_request(backend, text, snapshot.tree(), language, cursor, options, file_name(uri))[1]
+            return backend.prefetch(request)  # the prompt the request at ``cursor`` will send
+
+        def done() -> None:
+            snapshot.give_back()
+            current = self.documents.get(uri)
+            if answers and current is not None and current.version == version:
+                self.memory.remember(uri, version, text, cursor, answers[0])
+
+        return job, done
 
     def announce(self, message: str, kind: types.MessageType = types.MessageType.Error) -> None:
         """Show ``message`` to the user once per session."""
@@ -266,6 +313,8 @@ class DgServer(LanguageServer):
                 "cancelled": stats.cancelled,
                 "failed": stats.failed,
             },
+            "prefetch": self.prefetcher.stats.to_json(),
+            "promptCache": facts.get("promptCache"),
             "typeThroughHits": self.memory.type_through_hits,
             "cacheHits": self.memory.cache_hits,
             "options": options_to_json(self.options),
@@ -339,6 +388,7 @@ def create_server(model_override: str | None = None) -> DgServer:
             log.warning("bad change for %s (%s); resynchronising", uri, exc)
             doc.tree.set_text(ls.workspace.get_text_document(uri).source)
         doc.version = params.text_document.version
+        ls.prefetch_after_edit(uri, params.content_changes)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: DgServer, params: types.DidCloseTextDocumentParams) -> None:
@@ -357,6 +407,12 @@ def create_server(model_override: str | None = None) -> DgServer:
         offset = ls.offset(doc, params.position, uri)
         version, text = doc.version, doc.tree.text
         at = types.Range(start=params.position, end=params.position)
+        if await ls.prefetcher.join((uri, version, offset)):  # it was for this very place: use what it did
+            current = ls.documents.get(uri)
+            if current is None or current.version != version:
+                return types.InlineCompletionList(items=[])
+        else:
+            ls.prefetcher.cancel()  # for another place, or not started: this request encodes its own prompt
         known = ls.memory.lookup(uri, version, text, offset)
         if known is not None:  # "" is a remembered empty answer
             items = [types.InlineCompletionItem(insert_text=known, range=at)] if known else []
@@ -452,6 +508,7 @@ async def _rewrite_selection(ls: DgServer, args: tuple[Any, ...]) -> dict[str, A
     if len(args) < 2 or not isinstance(args[0], str):
         raise JsonRpcInvalidParams(f"{REWRITE_COMMAND} takes (uri, range[, {{apply}}]), got {list(args)!r}")
     uri = args[0]
+    ls.prefetcher.cancel()  # a rewrite encodes a different prompt
     try:
         range_ = ls.protocol._converter.structure(args[1], types.Range)
     except Exception as exc:

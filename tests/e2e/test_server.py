@@ -6,6 +6,8 @@ import ast
 import asyncio
 import os
 
+from typing import Any
+
 import pytest
 import pytest_lsp
 from lsprotocol import types
@@ -133,6 +135,75 @@ async def test_typing_through_answers_without_the_model(client: LanguageClient) 
     state = await info(client)
     assert state["typeThroughHits"] == 1
     assert state["jobs"]["completed"] == completed
+
+
+async def prefetches_encoded(client: LanguageClient, count: int) -> dict[str, Any]:
+    """Poll ``dg.info`` until ``count`` prefetches have been encoded."""
+    for _ in range(600):
+        state = await info(client)
+        if state["prefetch"]["encoded"] >= count:
+            return state
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no prefetch encoded: {state['prefetch']}")
+
+
+async def test_an_edit_prefetches_the_prompt_its_request_then_reuses(client: LanguageClient) -> None:
+    open_document(client, URI, SOURCE)
+    await inline(client, URI, 7, 4)  # the prompt cache now holds another cursor's prompt
+    before = (await info(client))["promptCache"]
+    change(client, URI, 2, (3, 19), (3, 19), " +")  # typed at the end of "    total = sum(xs)"
+    state = await prefetches_encoded(client, 1)
+    assert state["prefetch"] == {"scheduled": 1, "encoded": 1, "dropped": 0, "unsupported": 0, "failed": 0, "joined": 0}
+    assert state["promptCache"]["prompts"] == before["prompts"] + 1
+    assert state["promptCache"]["last"]["encodedTokens"] > 0
+    result = await inline(client, URI, 3, 21)
+    assert result is not None
+    after = (await info(client))["promptCache"]
+    assert after["prompts"] == before["prompts"] + 2
+    assert after["last"]["encodedTokens"] == 0  # the request found its whole prompt encoded
+    assert after["last"]["reusedTokens"] == after["last"]["promptTokens"] == state["promptCache"]["last"]["promptTokens"]
+
+
+async def test_speculation_answers_the_request_with_what_the_request_would_compute(client: LanguageClient) -> None:
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"dgLsp": session_options(speculate=True)})
+    )
+    for _ in range(100):
+        if (await info(client))["options"]["completion"]["speculate"] is True:
+            break
+        await asyncio.sleep(0.05)
+    open_document(client, URI, SOURCE)
+    change(client, URI, 2, (3, 19), (3, 19), " +")
+    before = await prefetches_encoded(client, 1)
+    speculated = await inline(client, URI, 3, 21)
+    after = await info(client)
+    assert after["cacheHits"] == before["cacheHits"] + 1  # answered from the speculation's result
+    assert after["jobs"]["completed"] == before["jobs"]["completed"]  # no denoising for the request itself
+    # The same document state in a fresh document, computed by a request: the same answer.
+    other = URI.replace("stats.py", "stats_copy.py")
+    open_document(client, other, SOURCE[: SOURCE.index("sum(xs)") + 7] + " +" + SOURCE[SOURCE.index("sum(xs)") + 7 :])
+    computed = await inline(client, other, 3, 21)
+    assert speculated is not None and computed is not None
+    assert [i.insert_text for i in speculated.items] == [i.insert_text for i in computed.items]
+    assert (await info(client))["jobs"]["completed"] == before["jobs"]["completed"] + 1
+
+
+async def test_prefetch_can_be_turned_off(client: LanguageClient) -> None:
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"dgLsp": session_options(prefetch=False)})
+    )
+    for _ in range(100):
+        state = await info(client)
+        if state["options"]["completion"]["prefetch"] is False:
+            break
+        await asyncio.sleep(0.05)
+    assert state["options"]["completion"]["prefetch"] is False
+    open_document(client, URI, SOURCE)
+    change(client, URI, 2, (3, 19), (3, 19), " +")
+    await inline(client, URI, 3, 21)  # answered after the edit: nothing was scheduled for it
+    state = await info(client)
+    assert state["prefetch"]["scheduled"] == 0 and state["prefetch"]["encoded"] == 0
+    assert state["promptCache"]["last"]["encodedTokens"] > 0
 
 
 async def test_utf16_positions(client: LanguageClient) -> None:

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, cpu_compile_variants, engine_bench, lsp_latency, train_step  # noqa: E402
+from benchmarks import common, cpu_compile_variants, encoder_greedy, engine_bench, lsp_latency, train_step  # noqa: E402
 
 
 def test_percentile_matches_linear_interpolation() -> None:
@@ -81,6 +82,69 @@ def test_lsp_latency_smoke(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert report["server_counters"]["jobs"]["completed"] >= 5
     assert report["target"]["single_line_p50_ms"] is not None
     assert "### Editor latency over LSP" in lsp_latency.markdown_block(report)
+
+
+def typed_latency(model: Path, tmp_path: Path, completion: dict[str, object], *extra: str) -> dict[str, Any]:
+    """``lsp_latency --typed-ms 300`` on one rest-of-line and one line cursor, twice each; its JSON report."""
+    out = tmp_path / "typed.json"
+    code = lsp_latency.main(
+        [
+            "--model", str(model),
+            "--languages", "python",
+            "--kinds", "REST_OF_LINE,LINE",
+            "--max-cursors", "1",
+            "--reps", "2",
+            "--typed-ms", "300",
+            *extra,
+            "--rewrite-reps", "0",
+            "--completion", json.dumps({"maxSteps": 2, "parseCheck": False, **completion}),
+            "--json", str(out),
+            "--no-plot",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    return json.loads(out.read_text())  # type: ignore[no-any-return]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_lsp_latency_after_a_keystroke_with_and_without_prefetch(tiny_model_dir: Path, tmp_path: Path, prefetch: bool) -> None:
+    report = typed_latency(tiny_model_dir, tmp_path, {"prefetch": prefetch})
+    assert report["settings"]["typed_ms"] == 300
+    assert [(s["kind"], s["rep"]) for s in report["samples"]] == [("REST_OF_LINE", 0), ("LINE", 0), ("REST_OF_LINE", 1), ("LINE", 1)]
+    counters = report["server_counters"]
+    assert counters["cacheHits"] == 0 and counters["jobs"]["completed"] >= 4
+    # One keystroke per timed request (plus the warm-up's): with prefetch each is encoded before its request.
+    if prefetch:
+        assert counters["prefetch"]["encoded"] >= 4, counters["prefetch"]
+        assert counters["promptCache"]["last"]["encodedTokens"] == 0
+    else:
+        assert counters["prefetch"]["scheduled"] == 0
+        assert counters["promptCache"]["last"]["encodedTokens"] > 0
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("option", ["prefetch", "speculate"])
+def test_lsp_latency_typed_ab_alternates_an_option_in_one_server(tiny_model_dir: Path, tmp_path: Path, option: str) -> None:
+    report = typed_latency(tiny_model_dir, tmp_path, {}, "--typed-ab", "--ab-option", option)
+    on, off = f"{option} on", f"{option} off"
+    # Alternating per request: each cursor once with the option and once without.
+    assert [(s["kind"], s["variant"]) for s in report["samples"]] == [
+        ("REST_OF_LINE", on), ("LINE", off), ("REST_OF_LINE", off), ("LINE", on)
+    ]
+    counters = report["server_counters"]
+    assert counters["prefetch"]["encoded"] >= 2
+    if option == "speculate":  # the two requests with speculation were answered from it
+        assert counters["cacheHits"] >= 2
+    ab = report["ab"]
+    assert set(ab["summary_ms"]) == {on, off}
+    assert ab["summary_ms"][on]["inline single-line (REST_OF_LINE+LINE)"]["count"] == 2
+    assert ab["paired_ratio_on_over_off"]["single-line"]["count"] == 2
+    assert f"| {on} |" in lsp_latency.markdown_block(report)
+    assert f"`completion.{option}` alternated on / off" in lsp_latency.markdown_block(report)
+    with pytest.raises(SystemExit):
+        lsp_latency.main(["--typed-ab", "--no-progress"])
 
 
 @pytest.mark.timeout(300)
@@ -255,3 +319,41 @@ def test_train_step_times_each_canvas_length_of_both_objectives(tmp_path: Path) 
         assert report["graph_breaks"] == 0 and report["args"]["objective"] == objective
     infill, lm = (json.loads((tmp_path / f"{o}.json").read_text())["rows"] for o in ("infill", "lm"))
     assert all(a["tokens_per_step"] > b["tokens_per_step"] for a, b in zip(infill, lm))  # lm: prompt tokens only
+
+
+def test_encoder_greedy_decodes_with_its_cache_what_full_forwards_give(tiny_model_dir: Path) -> None:
+    import torch
+
+    from dg_lsp.engine.engine import Engine
+    from dg_lsp.model.loader import load_model
+
+    engine = Engine(load_model(tiny_model_dir, "cpu", "float32"))
+    prompt = engine.loaded.tokenizer.encode("def add(a, b):\n    return", add_special_tokens=False).ids
+    line = encoder_greedy.greedy_line(engine, prompt, max_new=6)
+    # The same tokens, one full forward per token without a cache.
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(6):
+            hidden = engine.loaded.model.model.encoder(input_ids=torch.tensor([ids])).last_hidden_state
+            token = int(encoder_greedy.next_token_logits(engine, hidden).argmax(-1))
+            if token in engine.markers.stop_ids:
+                break
+            ids.append(token)
+            if "\n" in engine.loaded.tokenizer.decode(ids[len(prompt) :], skip_special_tokens=False):
+                break
+    expected = engine.loaded.tokenizer.decode(ids[len(prompt) :], skip_special_tokens=False).split("\n", 1)[0]
+    assert line == expected
+
+
+@pytest.mark.timeout(300)
+def test_encoder_greedy_scores_both_modes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "greedy.json"
+    code = encoder_greedy.main(["--model", str(tiny_model_dir), "--limit", "3", "--both", "--max-new", "8", "--json", str(out), "--no-progress"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [run["mode"] for run in report["runs"]] == ["suffix", "hidden"]
+    assert all(run["summary"]["tasks"] == 3 for run in report["runs"])
+    rows = report["rows"]
+    assert len(rows) == 6 and all("\n" not in row["completion"] for row in rows)
+    assert all(row["outcome"] in {"passed", "failed", "timeout"} for row in rows)
+    assert all(row["latency_ms"] > 0 for row in rows)

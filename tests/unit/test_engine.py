@@ -67,6 +67,27 @@ def test_infill_is_deterministic_for_a_seed(engine: Engine) -> None:
     assert first.middle_tokens <= first.canvas_length
 
 
+def test_a_prefetched_prompt_is_not_encoded_again_and_changes_no_answer(tiny_model_dir: Path) -> None:
+    plain, prefetching = (Engine(load_model(tiny_model_dir, "cpu", "float32")) for _ in range(2))
+    other = replace(REQUEST, prefix="def sub(a, b):\n    return ")
+    for engine in (plain, prefetching):
+        engine.infill(other)  # the cache holds another prompt before each request
+    assert prefetching.prefetch(REQUEST) is True
+    assert prefetching.encodes.last is not None and prefetching.encodes.last.encoded_tokens > 0
+    expected = plain.infill(REQUEST)
+    got = prefetching.infill(REQUEST)
+    assert expected.encode.encoded_tokens > 0
+    assert got.encode.encoded_tokens == 0 and got.encode.reused_tokens == got.encode.prompt_tokens
+    assert (got.text, got.steps, got.middle_tokens) == (expected.text, expected.steps, expected.middle_tokens)
+    facts = prefetching.describe()["promptCache"]
+    assert facts["prompts"] == 3 and facts["last"] == {
+        "promptTokens": got.encode.prompt_tokens,
+        "reusedTokens": got.encode.prompt_tokens,
+        "encodedTokens": 0,
+    }
+    assert facts["encodedTokens"] == prefetching.encodes.encoded_tokens > 0
+
+
 def test_different_seeds_differ(engine: Engine) -> None:
     drafts: dict[int, list[str]] = {0: [], 1: []}
     results = {

@@ -398,3 +398,11 @@ def test_close_stops_the_backend(make: Backends) -> None:
     backend.close()  # twice is fine
     with pytest.raises(RemoteEngineError, match="closed"):
         backend.infill(REQUEST)
+
+
+def test_an_engine_server_backend_does_not_prefetch(make: Backends) -> None:
+    server = FakeServer()
+    backend = make(server)
+    assert backend.prefetches is False
+    assert backend.prefetch(REQUEST) is False
+    assert server.requests == []  # nothing was sent: the engine server encodes each request itself

@@ -77,7 +77,7 @@ export function initOptions(): Record<string, unknown> {
   if (promptFormat && promptFormat !== 'auto') {
     init.promptFormat = promptFormat;
   }
-  const completion = pick(c, 'completion', ['maxSteps', 'contextTokens', 'draftIntervalMs', 'parseCheck', 'seed']);
+  const completion = pick(c, 'completion', ['maxSteps', 'contextTokens', 'draftIntervalMs', 'parseCheck', 'prefetch', 'speculate', 'seed']);
   if (Object.keys(completion).length > 0) {
     init.completion = completion;
   }

@@ -386,6 +386,35 @@ def test_keystroke_during_denoising_drops_stale_draft(nvim: TmuxNvim, artifacts_
     ed.keys("Escape")
 
 
+def test_a_keystroke_prefetches_the_prompt_its_request_reuses(nvim: TmuxNvim) -> None:
+    ed = nvim
+    open_file(ed, "prefetch.py", SOURCE)
+    ed.keys("G", "o")
+    ed.wait_for("return vim.api.nvim_get_mode().mode == 'i'", 10, "insert mode")
+    wait_for_suggestion(ed)  # the fresh line's own request is answered first
+
+    def server() -> dict[str, Any]:
+        return ed.lua("return require('dg_lsp').info(0, 3000)")  # type: ignore[no-any-return]
+
+    for key in "xyz":  # a key the shown suggestion began with would be answered without the model: try another
+        before = server()
+        ed.type(key)
+        after = ed.wait(
+            lambda: (s := server())["jobs"]["completed"] + s["typeThroughHits"]
+            > before["jobs"]["completed"] + before["typeThroughHits"]
+            and s,
+            60,
+            f"the debounced request after typing {key!r}",
+        )
+        if after["typeThroughHits"] == before["typeThroughHits"]:
+            break
+    # The plugin's change notification (batched, 50 ms) reached the server before its request
+    # (150 ms debounce): the prompt was encoded in between and the request reused all of it.
+    assert after["prefetch"]["encoded"] > before["prefetch"]["encoded"], after["prefetch"]
+    assert after["promptCache"]["last"]["encodedTokens"] == 0, after["promptCache"]
+    ed.keys("Escape")
+
+
 def test_rewrite_preview_and_accept(nvim: TmuxNvim, artifacts_dir: Path) -> None:
     ed = nvim
     path = open_file(ed, "rewrite.py", SOURCE)

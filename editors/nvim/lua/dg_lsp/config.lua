@@ -13,7 +13,7 @@ M.defaults = {
   -- Server log file (`--log-file`).
   log_file = nil,
   -- initializationOptions.completion, camelCase keys passed as is:
-  -- { maxSteps, contextTokens, draftIntervalMs, parseCheck, seed }
+  -- { maxSteps, contextTokens, draftIntervalMs, parseCheck, prefetch, speculate, seed }
   completion = {},
   -- initializationOptions.rewrite: { maxSteps, noise }
   rewrite = {},
