@@ -99,6 +99,7 @@ class DgServer(LanguageServer):
 
     def prefetch_after_edit(self, uri: str, changes: Any) -> None:
         """Schedule the prompt prefetch for the cursor an edit left (see :mod:`dg_lsp.server.prefetch`)."""
+        self.prefetcher.cancel()  # whatever it was for, the edit made it stale
         options, backend = self.options.completion, self.models.backend
         doc = self.documents.get(uri)
         if doc is None or not (options.enabled and options.prefetch) or backend is None or not backend.prefetches:
@@ -395,6 +396,7 @@ def create_server(model_override: str | None = None) -> DgServer:
         uri = params.text_document.uri
         ls.jobs.cancel(f"complete:{uri}")
         ls.jobs.cancel(f"rewrite:{uri}")
+        ls.prefetcher.cancel()
         ls.documents.pop(uri, None)
         ls.memory.forget(uri)
 
