@@ -774,18 +774,32 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.json, report)
     print(f"\nwrote {args.json}")
     if not args.no_plot:
-        server = report["server"]
-        groups = group_samples([Sample(**s) for s in report["samples"]])
-        keep = {k: v for k, v in groups.items() if k in ("inline single-line (REST_OF_LINE+LINE)", "inline BLOCK", "rewrite (all ranges)")}
-        plot_latency_distributions(
-            keep or groups,
-            args.plot,
-            f"dg-lsp latency at the client: {server['model']} on {server['device']}/{server['dtype']}, "
-            f"{report['machine']['cpu']} x{report['machine']['nproc']} ({report['date'][:10]})",
-            target_ms=args.target_ms,
-        )
-        print(f"wrote {args.plot}")
+        print(f"wrote {plot_report(report, args.plot, args.target_ms)}")
     return 0
+
+
+def plot_report(report: dict[str, Any], path: Path, target_ms: float | None) -> Path:
+    """Latency distributions of a report: single-line, block and rewrites (per variant with ``--typed-ab``)."""
+    server, samples = report["server"], [Sample(**s) for s in report["samples"]]
+    shown = ("inline single-line (REST_OF_LINE+LINE)", "inline BLOCK", "rewrite (all ranges)")
+    variants = sorted({s.variant for s in samples if s.variant is not None})
+    if variants:
+        groups = {
+            f"{variant}: {name.removeprefix('inline ')}": values
+            for variant in variants
+            for name, values in group_samples([s for s in samples if s.variant == variant]).items()
+            if name in shown
+        }
+    else:
+        everything = group_samples(samples)
+        groups = {k: v for k, v in everything.items() if k in shown} or everything
+    return plot_latency_distributions(
+        groups,
+        path,
+        f"dg-lsp latency at the client: {server['model']} on {server['device']}/{server['dtype']}, "
+        f"{report['machine']['cpu']} x{report['machine']['nproc']} ({report['date'][:10]})",
+        target_ms=target_ms,
+    )
 
 
 if __name__ == "__main__":

@@ -143,6 +143,8 @@ def test_lsp_latency_typed_ab_alternates_an_option_in_one_server(tiny_model_dir:
     assert ab["paired_ratio_on_over_off"]["single-line"]["count"] == 2
     assert f"| {on} |" in lsp_latency.markdown_block(report)
     assert f"`completion.{option}` alternated on / off" in lsp_latency.markdown_block(report)
+    png = lsp_latency.plot_report(report, tmp_path / "ab.png", 120.0)  # one curve per variant and kind
+    assert png.stat().st_size > 0
     with pytest.raises(SystemExit):
         lsp_latency.main(["--typed-ab", "--no-progress"])
 
