@@ -409,13 +409,15 @@ def create_server(model_override: str | None = None) -> DgServer:
         offset = ls.offset(doc, params.position, uri)
         version, text = doc.version, doc.tree.text
         at = types.Range(start=params.position, end=params.position)
-        if await ls.prefetcher.join((uri, version, offset)):  # it was for this very place: use what it did
-            current = ls.documents.get(uri)
-            if current is None or current.version != version:
-                return types.InlineCompletionList(items=[])
-        else:
-            ls.prefetcher.cancel()  # for another place, or not started: this request encodes its own prompt
-        known = ls.memory.lookup(uri, version, text, offset)
+        known = ls.memory.lookup(uri, version, text, offset)  # first: typing through a suggestion never waits
+        if known is None:
+            if await ls.prefetcher.join((uri, version, offset)):  # it was for this very place: use what it did
+                current = ls.documents.get(uri)
+                if current is None or current.version != version:
+                    return types.InlineCompletionList(items=[])
+                known = ls.memory.lookup(uri, version, text, offset)  # a speculation's answer
+            else:
+                ls.prefetcher.cancel()  # for another place, or not started: this request encodes its own prompt
         if known is not None:  # "" is a remembered empty answer
             items = [types.InlineCompletionItem(insert_text=known, range=at)] if known else []
             return types.InlineCompletionList(items=items)
