@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,3 +38,32 @@ class DraftNotifier:
         params = {**self._base, "text": text, "step": step, "maxSteps": max_steps, "final": final}
         self.sent += 1
         self._loop.call_soon_threadsafe(self._send, DRAFT_METHOD, params)
+
+
+#: Where drafts go: (cleaned text, step, max steps, final).
+DraftSink = Callable[[str, int, int, bool], None]
+
+
+class DraftRelay:
+    """Drafts of work that began before anyone asked (a speculation): the latest is kept until a request
+    attaches its notifier, which then gets it at once and every draft after it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sink: DraftSink | None = None
+        self._latest: tuple[str, int, int, bool] | None = None
+
+    def __call__(self, text: str, step: int, max_steps: int, final: bool) -> None:
+        with self._lock:
+            self._latest = (text, step, max_steps, final)
+            sink = self._sink
+        if sink is not None:
+            sink(text, step, max_steps, final)
+
+    def attach(self, sink: DraftSink) -> None:
+        """Send every draft from now on to ``sink``, starting with the latest one."""
+        with self._lock:
+            self._sink = sink
+            latest = self._latest
+        if latest is not None:
+            sink(*latest)

@@ -107,6 +107,15 @@ class Prefetcher:
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._delay_s, self._start, plan, target)
 
+    @property
+    def busy(self) -> bool:
+        """Whether a prefetch with a target is on the worker (or queued for it)."""
+        return self._running is not None
+
+    def running(self, target: Target) -> bool:
+        """Whether the prefetch on the worker (or queued for it) is for ``target``."""
+        return self._running is not None and self._running[0] == target
+
     async def join(self, target: Target) -> bool:
         """Wait for the prefetch for ``target`` if it is on the worker already; False if there is none."""
         running = self._running

@@ -26,7 +26,7 @@ from dg_lsp.engine.remote import RemoteEngineError, RemoteSettings
 from dg_lsp.infill import Completion, complete, completion_request, rewrite
 from dg_lsp.languages import detect_language
 from dg_lsp.model.loader import ModelLoadError
-from dg_lsp.server.drafts import DraftNotifier
+from dg_lsp.server.drafts import DraftNotifier, DraftRelay, DraftSink
 from dg_lsp.server.jobs import JobRunner
 from dg_lsp.server.model_manager import (
     BackendSpec,
@@ -36,7 +36,7 @@ from dg_lsp.server.model_manager import (
     model_spec,
     remote_settings,
 )
-from dg_lsp.server.prefetch import PrefetchPlan, Prefetcher, edit_end
+from dg_lsp.server.prefetch import PrefetchPlan, Prefetcher, Target, edit_end
 from dg_lsp.server.protocol_guard import GuardedProtocol, strict_converter
 from dg_lsp.server.suggestions import SuggestionMemory
 from dg_lsp.special_tokens import LANGUAGES
@@ -73,6 +73,8 @@ class DgServer(LanguageServer):
         self.models = ModelManager()
         self.jobs = JobRunner()
         self.prefetcher = Prefetcher(self.jobs)
+        #: The latest speculation's place and the drafts it made so far (a request joining it gets them).
+        self._speculation: tuple[Target, DraftRelay] | None = None
         self.documents: dict[str, OpenDocument] = {}
         self.memory = SuggestionMemory()
         self._announced: set[str] = set()
@@ -123,13 +125,14 @@ class DgServer(LanguageServer):
         snapshot = doc.tree.snapshot()
         text, options = doc.tree.text, self.options.completion
         language = doc.tree.language or detect_language(uri, None)
+        relay = DraftRelay()
+        self._speculation = ((uri, version, cursor), relay) if options.speculate else None
         cursor = min(cursor, len(text))
-
         answers: list[str] = []
 
         def job(cancelled: Callable[[], bool]) -> bool:
             if options.speculate:  # the whole completion, remembered for the request (see ``done``)
-                result = complete(backend, text, snapshot.tree(), language, cursor, options, None, cancelled, file_name(uri))
+                result = complete(backend, text, snapshot.tree(), language, cursor, options, relay, cancelled, file_name(uri))
                 answers.append(result.text if result is not None else "")
                 return True
             request = completion_request(backend, text, snapshot.tree(), language, cursor, options, file_name(uri))[1]
@@ -142,6 +145,24 @@ class DgServer(LanguageServer):
                 self.memory.remember(uri, version, text, cursor, answers[0])
 
         return job, done
+
+    async def known_answer(self, uri: str, version: int, text: str, offset: int, drafts: DraftSink) -> str | None:
+        """A remembered or typed-through answer, else a running prefetch's for this very place (waited for, its
+        drafts sent to ``drafts`` meanwhile); None: the request must compute one. ``""``: nothing to offer."""
+        known = self.memory.lookup(uri, version, text, offset)  # first: typing through a suggestion never waits
+        if known is not None:
+            return known
+        target = (uri, version, offset)
+        speculation = self._speculation
+        if speculation is not None and speculation[0] == target and self.prefetcher.running(target):
+            speculation[1].attach(drafts)
+        if not await self.prefetcher.join(target):
+            self.prefetcher.cancel()  # for another place, or not started: the request encodes its own prompt
+            return None
+        current = self.documents.get(uri)
+        if current is None or current.version != version:
+            return ""  # the document moved on while waiting
+        return self.memory.lookup(uri, version, text, offset)  # a speculation's answer (None after a prompt prefetch)
 
     def announce(self, message: str, kind: types.MessageType = types.MessageType.Error) -> None:
         """Show ``message`` to the user once per session."""
@@ -314,7 +335,7 @@ class DgServer(LanguageServer):
                 "cancelled": stats.cancelled,
                 "failed": stats.failed,
             },
-            "prefetch": self.prefetcher.stats.to_json(),
+            "prefetch": {**self.prefetcher.stats.to_json(), "running": self.prefetcher.busy},
             "promptCache": facts.get("promptCache"),
             "typeThroughHits": self.memory.type_through_hits,
             "cacheHits": self.memory.cache_hits,
@@ -409,15 +430,13 @@ def create_server(model_override: str | None = None) -> DgServer:
         offset = ls.offset(doc, params.position, uri)
         version, text = doc.version, doc.tree.text
         at = types.Range(start=params.position, end=params.position)
-        known = ls.memory.lookup(uri, version, text, offset)  # first: typing through a suggestion never waits
-        if known is None:
-            if await ls.prefetcher.join((uri, version, offset)):  # it was for this very place: use what it did
-                current = ls.documents.get(uri)
-                if current is None or current.version != version:
-                    return types.InlineCompletionList(items=[])
-                known = ls.memory.lookup(uri, version, text, offset)  # a speculation's answer
-            else:
-                ls.prefetcher.cancel()  # for another place, or not started: this request encodes its own prompt
+        notifier = DraftNotifier(
+            asyncio.get_running_loop(),
+            ls.send_notification,
+            {"uri": uri, "version": version, "requestId": ls.protocol.msg_id, "range": _range_json(ls, at)},
+            ls.options.completion.draft_interval_ms,
+        )
+        known = await ls.known_answer(uri, version, text, offset, notifier)
         if known is not None:  # "" is a remembered empty answer
             items = [types.InlineCompletionItem(insert_text=known, range=at)] if known else []
             return types.InlineCompletionList(items=items)
@@ -427,12 +446,6 @@ def create_server(model_override: str | None = None) -> DgServer:
         if backend is None:
             return types.InlineCompletionList(items=[])
         options = ls.options.completion
-        notifier = DraftNotifier(
-            asyncio.get_running_loop(),
-            ls.send_notification,
-            {"uri": uri, "version": version, "requestId": ls.protocol.msg_id, "range": _range_json(ls, at)},
-            options.draft_interval_ms,
-        )
         snapshot = doc.tree.snapshot()  # parsed on the engine thread, not here
         language = doc.tree.language or detect_language(uri, None)
         started = time.perf_counter()

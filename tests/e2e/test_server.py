@@ -153,7 +153,7 @@ async def test_an_edit_prefetches_the_prompt_its_request_then_reuses(client: Lan
     before = (await info(client))["promptCache"]
     change(client, URI, 2, (3, 19), (3, 19), " +")  # typed at the end of "    total = sum(xs)"
     state = await prefetches_encoded(client, 1)
-    assert state["prefetch"] == {"scheduled": 1, "encoded": 1, "dropped": 0, "unsupported": 0, "failed": 0, "joined": 0}
+    assert state["prefetch"] == {"scheduled": 1, "encoded": 1, "dropped": 0, "unsupported": 0, "failed": 0, "joined": 0, "running": False}
     assert state["promptCache"]["prompts"] == before["prompts"] + 1
     assert state["promptCache"]["last"]["encodedTokens"] > 0
     result = await inline(client, URI, 3, 21)
@@ -186,6 +186,30 @@ async def test_speculation_answers_the_request_with_what_the_request_would_compu
     assert speculated is not None and computed is not None
     assert [i.insert_text for i in speculated.items] == [i.insert_text for i in computed.items]
     assert (await info(client))["jobs"]["completed"] == before["jobs"]["completed"] + 1
+
+
+async def test_a_request_joins_a_running_speculation_and_gets_its_drafts(client: LanguageClient) -> None:
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"dgLsp": session_options(speculate=True, maxSteps=256)})
+    )
+    for _ in range(100):
+        if (await info(client))["options"]["completion"]["speculate"] is True:
+            break
+        await asyncio.sleep(0.05)
+    open_document(client, URI, SOURCE)
+    change(client, URI, 2, (6, 15), (6, 15), "\n    ")  # a new line in the body of spread(): a block hole
+    for _ in range(400):
+        if (await info(client))["prefetch"]["running"]:
+            break
+        await asyncio.sleep(0.005)
+    result = await inline(client, URI, 7, 4)
+    state = await info(client)
+    assert state["prefetch"]["joined"] == 1 and state["prefetch"]["encoded"] == 1
+    assert state["jobs"]["submitted"] == 0  # answered from the speculation, no request job
+    drafts = [d for d in recorder(client).drafts if d["version"] == 2]
+    assert drafts and drafts[-1]["final"] is True  # the speculation's drafts reached the request
+    assert result is not None
+    assert drafts[-1]["text"] == (result.items[0].insert_text if result.items else "")
 
 
 async def test_prefetch_can_be_turned_off(client: LanguageClient) -> None:

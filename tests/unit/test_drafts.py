@@ -6,7 +6,7 @@ import asyncio
 import threading
 from typing import Any
 
-from dg_lsp.server.drafts import DRAFT_METHOD, DraftNotifier
+from dg_lsp.server.drafts import DRAFT_METHOD, DraftNotifier, DraftRelay
 
 BASE = {"uri": "file:///work/app.py", "id": 7, "kind": "completion"}
 
@@ -119,3 +119,18 @@ def test_empty_intermediate_drafts_are_not_sent() -> None:
     finally:
         loop.close()
     assert [(p["text"], p["step"], p["final"]) for p in sent] == [("x", 2, False), ("", 4, True)]
+
+
+def test_a_relay_keeps_the_latest_draft_until_a_sink_attaches_then_forwards_every_one() -> None:
+    relay = DraftRelay()
+    relay("a", 1, 8, False)
+    relay("ab", 2, 8, False)
+    got: list[tuple[str, int, int, bool]] = []
+    relay.attach(lambda *draft: got.append(draft))
+    assert got == [("ab", 2, 8, False)]  # only the latest of what came before
+    relay("abc", 3, 8, False)
+    relay("abc", 8, 8, True)
+    assert got == [("ab", 2, 8, False), ("abc", 3, 8, False), ("abc", 8, 8, True)]
+    empty: list[tuple[str, int, int, bool]] = []
+    DraftRelay().attach(lambda *draft: empty.append(draft))
+    assert empty == []  # nothing to replay
