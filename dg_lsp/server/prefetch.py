@@ -83,7 +83,7 @@ def edit_end(changes: Sequence[Any], offset_at: Callable[[types.Position], int])
 
 
 class Prefetcher:
-    """Runs at most one pending prompt prefetch, on the model worker, after a short delay."""
+    """Runs at most one prefetch (prompt encode or speculation) at a time, on the model worker, after a short delay."""
 
     def __init__(self, jobs: JobRunner, delay_s: float = START_DELAY_S) -> None:
         self._jobs = jobs
@@ -126,7 +126,8 @@ class Prefetcher:
         return True
 
     def cancel(self) -> None:
-        """Drop the pending prefetch, if any (one already encoding finishes: it cannot be interrupted)."""
+        """Drop the pending prefetch, if any: one not started is skipped, a speculation stops at its next
+        denoising step, a prompt already encoding finishes (an encode cannot be interrupted)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
