@@ -44,7 +44,7 @@ async function refreshInfo(): Promise<InfoResult | undefined> {
   try {
     const info = (await client.sendRequest(ExecuteCommandRequest.type, { command: INFO_COMMAND, arguments: [] })) as InfoResult;
     status.setInfo(info);
-    testLog('info', { status: info.status, model: info.model, device: info.device });
+    testLog('info', { status: info.status, model: info.model, device: info.device, prefetch: info.prefetch ?? null });
     return info;
   } catch (e) {
     log.warn(`dg.info failed: ${String(e)}`);

@@ -34,6 +34,8 @@ export interface InfoResult {
   parameters?: number | null;
   status?: 'loading' | 'ready' | 'failed';
   error?: string | null;
+  /** Prompt prefetch counters (scheduled, encoded, dropped, unsupported, failed, joined) and whether one runs. */
+  prefetch?: Record<string, number | boolean> | null;
 }
 
 export const REWRITE_COMMAND = 'dg.rewriteSelection';

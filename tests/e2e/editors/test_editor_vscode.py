@@ -198,6 +198,13 @@ def test_inline_suggestion_and_rewrite_in_code_server(
     assert item["range"]["start"] == entry["position"]
     assert visible(ghost["text"]) == visible(eol(item["insertText"])), (ghost, item)
 
+    # Every keystroke's edit scheduled a prompt prefetch, and each one ran or was dropped by the request that
+    # followed (VS Code sometimes asks within the prefetch's 15 ms delay): none failed, none is left over.
+    prefetch = out["prefetch"]
+    assert prefetch["scheduled"] >= len(typed), prefetch
+    assert prefetch["encoded"] + prefetch["dropped"] == prefetch["scheduled"], prefetch
+    assert prefetch["failed"] == 0 and prefetch["running"] is False, prefetch
+
     # Tab accepted exactly that text; the saved file has it.
     r = item["range"]
     assert r["start"] == r["end"]  # an insertion at the cursor

@@ -162,6 +162,16 @@ try {
   }, 15000);
   step('accepted and saved');
 
+  // The keystrokes' edits reached the server before VS Code asked: the server prefetched prompts for them.
+  {
+    const seen = logEvents().length;
+    await runCommand(page, 'DG: Show Model Info');
+    const info = await waitFor('dg.info after typing', () => logEvents().slice(seen).find((e) => e.event === 'info' && e.prefetch), 15000);
+    out.prefetch = info.prefetch;
+    step('prefetch counters', out.prefetch);
+    await runCommand(page, 'Notifications: Clear All Notifications'); // the info toast must not cover the editor
+  }
+
   // Rewrite: select whole lines, run the command, accept from the notification.
   await page.keyboard.press('Escape');
   await page.keyboard.press('Control+G');
