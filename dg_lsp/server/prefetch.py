@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from lsprotocol import types
 
 from dg_lsp.engine.denoiser import Cancelled
+from dg_lsp.server.drafts import DraftRelay, DraftSink
 from dg_lsp.server.jobs import JobRunner
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,9 @@ JOB_KEY = "prefetch"
 
 #: A prefetch job: ``job(cancelled)`` returns whether the backend encoded anything.
 PrefetchJob = Callable[[Callable[[], bool]], bool]
-#: What :meth:`Prefetcher.schedule`'s factory returns: the job, and what to run on the loop after it encoded.
-PrefetchPlan = tuple[PrefetchJob, Callable[[], None]]
+#: What :meth:`Prefetcher.schedule`'s factory returns: the job, what to run on the loop after it encoded, and
+#: the drafts it makes (a speculation's; None for a prompt encode), which a joining request is sent.
+PrefetchPlan = tuple[PrefetchJob, Callable[[], None], DraftRelay | None]
 #: What a prefetch is for: (uri, document version, cursor offset).
 Target = tuple[str, int, int]
 
@@ -58,14 +60,7 @@ class PrefetchStats:
 
     def to_json(self) -> dict[str, int]:
         """The counters as JSON."""
-        return {
-            "scheduled": self.scheduled,
-            "encoded": self.encoded,
-            "dropped": self.dropped,
-            "unsupported": self.unsupported,
-            "failed": self.failed,
-            "joined": self.joined,
-        }
+        return asdict(self)
 
 
 def edit_end(changes: Sequence[Any], offset_at: Callable[[types.Position], int]) -> int | None:
@@ -90,8 +85,8 @@ class Prefetcher:
         self._delay_s = delay_s
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        #: The prefetch on the worker (or queued for it) and what it is for.
-        self._running: tuple[Target, asyncio.Task[None]] | None = None
+        #: The prefetch on the worker (or queued for it): what it is for, its task and its drafts.
+        self._running: tuple[Target, asyncio.Task[None], DraftRelay | None] | None = None
         self.stats = PrefetchStats()
 
     def schedule(self, plan: Callable[[], PrefetchPlan | None], target: Target | None = None) -> None:
@@ -112,17 +107,17 @@ class Prefetcher:
         """Whether a prefetch with a target is on the worker (or queued for it)."""
         return self._running is not None
 
-    def running(self, target: Target) -> bool:
-        """Whether the prefetch on the worker (or queued for it) is for ``target``."""
-        return self._running is not None and self._running[0] == target
-
-    async def join(self, target: Target) -> bool:
-        """Wait for the prefetch for ``target`` if it is on the worker already; False if there is none."""
+    async def join(self, target: Target, drafts: DraftSink) -> bool:
+        """Wait for the prefetch for ``target`` if it is on the worker already, its drafts going to ``drafts``
+        meanwhile; False if there is none."""
         running = self._running
         if running is None or running[0] != target:
             return False
         self.stats.joined += 1
-        await asyncio.shield(running[1])
+        _, task, relay = running
+        if relay is not None:
+            relay.attach(drafts)
+        await asyncio.shield(task)
         return True
 
     def cancel(self) -> None:
@@ -140,11 +135,12 @@ class Prefetcher:
         if planned is None:
             self.stats.dropped += 1
             return
-        task = asyncio.ensure_future(self._run(*planned))
+        job, done, relay = planned
+        task = asyncio.ensure_future(self._run(job, done))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         if target is not None:
-            self._running = (target, task)
+            self._running = (target, task, relay)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -36,7 +36,7 @@ from dg_lsp.server.model_manager import (
     model_spec,
     remote_settings,
 )
-from dg_lsp.server.prefetch import PrefetchPlan, Prefetcher, Target, edit_end
+from dg_lsp.server.prefetch import PrefetchPlan, Prefetcher, edit_end
 from dg_lsp.server.protocol_guard import GuardedProtocol, strict_converter
 from dg_lsp.server.suggestions import SuggestionMemory
 from dg_lsp.special_tokens import LANGUAGES
@@ -73,8 +73,6 @@ class DgServer(LanguageServer):
         self.models = ModelManager()
         self.jobs = JobRunner()
         self.prefetcher = Prefetcher(self.jobs)
-        #: The latest speculation's place and the drafts it made so far (a request joining it gets them).
-        self._speculation: tuple[Target, DraftRelay] | None = None
         self.documents: dict[str, OpenDocument] = {}
         self.memory = SuggestionMemory()
         self._announced: set[str] = set()
@@ -125,13 +123,12 @@ class DgServer(LanguageServer):
         snapshot = doc.tree.snapshot()
         text, options = doc.tree.text, self.options.completion
         language = doc.tree.language or detect_language(uri, None)
-        relay = DraftRelay()
-        self._speculation = ((uri, version, cursor), relay) if options.speculate else None
+        relay = DraftRelay() if options.speculate else None
         cursor = min(cursor, len(text))
         answers: list[str] = []
 
         def job(cancelled: Callable[[], bool]) -> bool:
-            if options.speculate:  # the whole completion, remembered for the request (see ``done``)
+            if relay is not None:  # speculation: the whole completion, remembered for the request (see ``done``)
                 result = complete(backend, text, snapshot.tree(), language, cursor, options, relay, cancelled, file_name(uri))
                 answers.append(result.text if result is not None else "")
                 return True
@@ -144,7 +141,7 @@ class DgServer(LanguageServer):
             if answers and current is not None and current.version == version:
                 self.memory.remember(uri, version, text, cursor, answers[0])
 
-        return job, done
+        return job, done, relay
 
     async def known_answer(self, uri: str, version: int, text: str, offset: int, drafts: DraftSink) -> str | None:
         """A remembered or typed-through answer, else a running prefetch's for this very place (waited for, its
@@ -152,11 +149,7 @@ class DgServer(LanguageServer):
         known = self.memory.lookup(uri, version, text, offset)  # first: typing through a suggestion never waits
         if known is not None:
             return known
-        target = (uri, version, offset)
-        speculation = self._speculation
-        if speculation is not None and speculation[0] == target and self.prefetcher.running(target):
-            speculation[1].attach(drafts)
-        if not await self.prefetcher.join(target):
+        if not await self.prefetcher.join((uri, version, offset), drafts):
             self.prefetcher.cancel()  # for another place, or not started: the request encodes its own prompt
             return None
         current = self.documents.get(uri)

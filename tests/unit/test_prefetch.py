@@ -10,6 +10,7 @@ import pytest
 from lsprotocol import types
 
 from dg_lsp.server.jobs import JobRunner, JobStats
+from dg_lsp.server.drafts import DraftRelay
 from dg_lsp.server.prefetch import PrefetchPlan, Prefetcher, PrefetchStats, edit_end
 
 #: Guard against a hung test only (a correct run never comes near it).
@@ -77,7 +78,7 @@ class Plans:
             def give_back() -> None:
                 self.given_back.append(name)
 
-            return job, give_back
+            return job, give_back, None
 
         return make
 
@@ -168,27 +169,37 @@ async def test_a_request_for_the_same_place_joins_the_running_prefetch(runner: J
     prefetcher, plans = Prefetcher(runner, delay_s=0.0), Plans()
     started, release = threading.Event(), threading.Event()
 
+    relay = DraftRelay()
+
     def slow() -> PrefetchPlan:
-        job, give_back = plans.plan("a")()
+        job, give_back, _ = plans.plan("a")()
 
         def wait_then_run(cancelled: Callable[[], bool]) -> bool:
+            relay("x = 1", 3, 8, False)  # a speculation's draft, made before anyone asked
             started.set()
             release.wait(GUARD_S)
             return job(cancelled)
 
-        return wait_then_run, give_back
+        return wait_then_run, give_back, relay
 
     target = ("file:///a.py", 3, 10)
     prefetcher.schedule(slow, target)
-    assert await prefetcher.join(target) is False  # not on the worker yet: nothing to join
+    drafts: list[tuple[str, int, int, bool]] = []
+
+    def sink(text: str, step: int, max_steps: int, final: bool) -> None:
+        drafts.append((text, step, max_steps, final))
+
+    assert await prefetcher.join(target, sink) is False  # not on the worker yet: nothing to join
     assert await asyncio.to_thread(started.wait, GUARD_S)
-    assert await prefetcher.join(("file:///a.py", 4, 10)) is False  # another version
-    assert await prefetcher.join(("file:///a.py", 3, 11)) is False  # another place
-    joining = asyncio.ensure_future(prefetcher.join(target))
+    assert await prefetcher.join(("file:///a.py", 4, 10), sink) is False  # another version
+    assert await prefetcher.join(("file:///a.py", 3, 11), sink) is False  # another place
+    assert drafts == []  # no join, no drafts
+    joining = asyncio.ensure_future(prefetcher.join(target, sink))
     await asyncio.sleep(0.05)
     assert not joining.done()  # waits for the prefetch ...
+    assert drafts == [("x = 1", 3, 8, False)]  # ... having got the draft made so far
     release.set()
     assert await joining is True  # ... and returns once it has finished, its work handed back
     assert plans.ran == ["a"] and plans.given_back == ["a"]
     assert prefetcher.stats == PrefetchStats(scheduled=1, encoded=1, joined=1)
-    assert await prefetcher.join(target) is False  # finished: nothing left to join
+    assert await prefetcher.join(target, sink) is False  # finished: nothing left to join
