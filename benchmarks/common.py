@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
@@ -320,6 +321,16 @@ class LspError(Exception):
     """The server answered a request with an error, or went away."""
 
 
+@dataclass(frozen=True)
+class PendingRequest:
+    """A request sent by :meth:`LspClient.send_request`: its id, when it left, and the future of ``(message, received)``."""
+
+    id: int
+    method: str
+    started: float
+    future: Future[tuple[dict[str, Any], float]]
+
+
 class LspClient:
     """A blocking JSON-RPC client for a language server started as a child process.
 
@@ -431,8 +442,8 @@ class LspClient:
         return None  # workDoneProgress/create, registerCapability, showMessageRequest, ...
 
     # -- API --
-    def timed_request(self, method: str, params: Any, timeout: float | None = None) -> tuple[Any, float]:
-        """Send a request; return its result and the wall time (seconds) from send to receipt."""
+    def send_request(self, method: str, params: Any) -> PendingRequest:
+        """Send a request without waiting: its answer resolves the returned :class:`PendingRequest`'s future."""
         future: Future[tuple[dict[str, Any], float]] = Future()
         with self._lock:
             if self._closed:
@@ -442,6 +453,16 @@ class LspClient:
             self._pending[request_id] = future
         started = time.perf_counter()
         self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        return PendingRequest(request_id, method, started, future)
+
+    def cancel_request(self, pending: PendingRequest) -> None:
+        """``$/cancelRequest`` for ``pending`` (an editor giving up on it); its answer, if any, is still read."""
+        self.notify("$/cancelRequest", {"id": pending.id})
+
+    def timed_request(self, method: str, params: Any, timeout: float | None = None) -> tuple[Any, float]:
+        """Send a request; return its result and the wall time (seconds) from send to receipt."""
+        pending = self.send_request(method, params)
+        request_id, started, future = pending.id, pending.started, pending.future
         try:
             message, received = future.result(timeout)
         except TimeoutError:

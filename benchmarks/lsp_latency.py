@@ -101,6 +101,7 @@ class Case:
     line: int
     character: int
     text: str  # the fixture with the expected middle removed
+    expected: str = ""  # that middle
 
 
 class OpenDoc:
@@ -186,7 +187,7 @@ def inline_cases(files: list[str], kinds: list[str] | None, max_cursors: int | N
                 print(f"warning: {key} cursor {index}: expected text not found at the cursor; skipped", file=sys.stderr)
                 continue
             text = full[:start] + full[start + len(expected) :]
-            cases.append(Case(key, index, kind, int(cursor["line"]), int(cursor["character"]), text))
+            cases.append(Case(key, index, kind, int(cursor["line"]), int(cursor["character"]), text, expected))
             chosen[kind] += 1
     return cases
 
@@ -683,9 +684,9 @@ def markdown_block(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """The options that start and reach the server (what :func:`start_server`, :func:`initialize` and
+    :func:`wait_for_compile` read); shared with ``benchmarks/typing_cost.py``."""
     parser.add_argument("--model", default=None, help="checkpoint directory (default: null = the embedded model)")
     parser.add_argument("--completion", default="{}", help='JSON for initializationOptions.completion, e.g. \'{"maxSteps": 8}\'')
     parser.add_argument("--device", default=None, help="initializationOptions.device (default: the server's)")
@@ -693,6 +694,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fast-path", choices=["on", "off"], default=None, help="initializationOptions.fastPath (default: the server's)")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default=None, help="initializationOptions.compile (default: the server's)")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the server (default: torch's)")
+    parser.add_argument("--load-timeout", type=float, default=900.0, help="seconds to wait for the model")
+    parser.add_argument("--wait-compile", action="store_true", help="time only after dg.info's compile.state is ready (or failed/off): the step compiled in the background is in use")
+    parser.add_argument("--compile-timeout", type=float, default=1800.0, help="seconds --wait-compile waits")
+    parser.add_argument("--request-timeout", type=float, default=600.0, help="seconds to wait for one answer")
+    parser.add_argument("--server-log", default=None, help="server stderr goes here (default: a temp file)")
+    parser.add_argument("--server-log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_server_options(parser)
     parser.add_argument("--reps", type=int, default=5, help="inline requests per cursor")
     parser.add_argument("--typed-ms", type=float, default=None, help="each request follows a typed key by this many ms (an editor's debounce); see the module docstring")
     parser.add_argument("--typed-ab", action="store_true", help="with --typed-ms: alternate --ab-option on and off between requests in one server (didChangeConfiguration) and report both, paired per cursor")
@@ -708,13 +722,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "lsp_latency.png", help="latency plot path")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--compare", type=Path, nargs="+", default=None, help="saved JSON reports: draw them side by side into --plot, run nothing")
-    parser.add_argument("--load-timeout", type=float, default=900.0, help="seconds to wait for the model")
-    parser.add_argument("--wait-compile", action="store_true", help="time only after dg.info's compile.state is ready (or failed/off): the step compiled in the background is in use")
-    parser.add_argument("--compile-timeout", type=float, default=1800.0, help="seconds --wait-compile waits")
-    parser.add_argument("--request-timeout", type=float, default=600.0, help="seconds to wait for one answer")
-    parser.add_argument("--server-log", default=None, help="server stderr goes here (default: a temp file)")
-    parser.add_argument("--server-log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return parser
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, cpu_compile_variants, encoder_greedy, engine_bench, lsp_latency, train_step  # noqa: E402
+from benchmarks import common, cpu_compile_variants, encoder_greedy, engine_bench, lsp_latency, train_step, typing_cost  # noqa: E402
 
 
 def test_percentile_matches_linear_interpolation() -> None:
@@ -359,3 +360,50 @@ def test_encoder_greedy_scores_both_modes(tiny_model_dir: Path, tmp_path: Path) 
     assert len(rows) == 6 and all("\n" not in row["completion"] for row in rows)
     assert all(row["outcome"] in {"passed", "failed", "timeout"} for row in rows)
     assert all(row["latency_ms"] > 0 for row in rows)
+
+
+def test_process_cpu_seconds_counts_this_process_s_work() -> None:
+    before = typing_cost.process_cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    assert typing_cost.process_cpu_seconds(os.getpid()) - before >= 0.2
+
+
+@pytest.mark.timeout(300)
+def test_typing_cost_types_at_each_pace_with_the_plugin_s_timing(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "typing.json"
+    code = typing_cost.main(
+        [
+            "--model", str(tiny_model_dir),
+            "--languages", "python",
+            "--max-cursors", "1",
+            "--chars", "3",
+            "--key-ms", "10", "450",  # faster than the change batch / slower than the request's debounce
+            "--batch-ms", "100",
+            "--debounce-ms", "300",
+            "--completion", json.dumps({"maxSteps": 2, "parseCheck": False}),
+            "--json", str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0 and out.with_suffix(".png").stat().st_size > 0
+    report = json.loads(out.read_text())
+    episodes = report["episodes"]
+    assert len(episodes) == 8  # 2 cursors (rest of line, line) x 2 paces x 2 reps
+    # Each cursor typed once with speculation and once without at each pace.
+    for pace in (10.0, 450.0):
+        chosen = [(e["kind"], e["option_on"]) for e in episodes if e["key_ms"] == pace]
+        assert sorted(chosen) == [("LINE", False), ("LINE", True), ("REST_OF_LINE", False), ("REST_OF_LINE", True)]
+    for episode in episodes:
+        assert episode["keys"] == 3 and episode["cpu_s"] >= 0 and episode["wait_ms"] > episode["request_ms"] > 0
+        if episode["key_ms"] == 10.0:  # three keys in one batch, one request after the last
+            assert (episode["changes_sent"], episode["requests_sent"], episode["requests_cancelled"], episode["answered_between_keys"]) == (1, 1, 0, 0)
+        else:  # a change and a request after every key; the next key cancels the request unless it was answered
+            assert (episode["changes_sent"], episode["requests_sent"]) == (3, 3)
+            assert episode["requests_cancelled"] + episode["answered_between_keys"] == 2
+    assert sum(e["cpu_s"] for e in episodes) > 0  # the server's work is counted (in clock ticks of 10 ms)
+    assert {row["variant"] for row in report["rows"]} == {"speculate on", "speculate off"}
+    assert report["paired_on_over_off"]["450.0"]["cpu_s"]["count"] == 2
+    assert report["server_counters"]["prefetch"]["scheduled"] >= 8
+    assert report["server_counters"]["jobs"]["failed"] == 0

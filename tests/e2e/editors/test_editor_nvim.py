@@ -7,10 +7,12 @@ from the extmarks and compares it with what the server answered for that very re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -341,8 +343,35 @@ def test_ghost_text_matches_server_answer_and_accepts(nvim: TmuxNvim, artifacts_
     ed.wait(lambda: path.read_bytes().decode("utf-8") == "\n".join(expected) + "\n", 10, "the file on disk")
 
 
+def server_info(ed: TmuxNvim) -> dict[str, Any]:
+    """The server's ``dg.info`` through the plugin."""
+    return ed.lua("return require('dg_lsp').info(0, 3000)")  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def speculation(ed: TmuxNvim, on: bool) -> Iterator[None]:
+    """``completion.speculate`` set through the plugin (``update``: didChangeConfiguration) for the block, then unset
+    again: the plugin's default, which sends true while it triggers automatically."""
+
+    def set_to(value: bool | None) -> None:
+        lua_value = "nil" if value is None else str(value).lower()
+        ed.lua(f"require('dg_lsp.config').options.completion.speculate = {lua_value}; require('dg_lsp').update({{}}); return true")
+        sent = True if value is None else value
+        ed.wait(lambda: server_info(ed)["options"]["completion"]["speculate"] is sent, 10, f"speculate={sent} on the server")
+
+    set_to(on)
+    try:
+        yield
+    finally:
+        set_to(None)
+
+
 def test_keystroke_during_denoising_drops_stale_draft(nvim: TmuxNvim, artifacts_dir: Path) -> None:
-    ed = nvim
+    with speculation(nvim, False):  # the request must denoise itself: a speculation could answer it at once
+        keystroke_during_denoising_drops_stale_draft(nvim, artifacts_dir)
+
+
+def keystroke_during_denoising_drops_stale_draft(ed: TmuxNvim, artifacts_dir: Path) -> None:
     open_file(ed, "stale.py", SOURCE)
     ed.keys("G", "o")
     ed.wait_for("return vim.api.nvim_get_mode().mode == 'i'", 10, "insert mode")
@@ -387,14 +416,18 @@ def test_keystroke_during_denoising_drops_stale_draft(nvim: TmuxNvim, artifacts_
 
 
 def test_a_keystroke_prefetches_the_prompt_its_request_reuses(nvim: TmuxNvim) -> None:
-    ed = nvim
+    with speculation(nvim, False):  # the prompt prefetch alone
+        a_keystroke_prefetches_the_prompt_its_request_reuses(nvim)
+
+
+def a_keystroke_prefetches_the_prompt_its_request_reuses(ed: TmuxNvim) -> None:
     open_file(ed, "prefetch.py", SOURCE)
     ed.keys("G", "o")
     ed.wait_for("return vim.api.nvim_get_mode().mode == 'i'", 10, "insert mode")
     wait_for_suggestion(ed)  # the fresh line's own request is answered first
 
     def server() -> dict[str, Any]:
-        return ed.lua("return require('dg_lsp').info(0, 3000)")  # type: ignore[no-any-return]
+        return server_info(ed)
 
     for key in "xyz":  # a key the shown suggestion began with would be answered without the model: try another
         before = server()
@@ -412,6 +445,38 @@ def test_a_keystroke_prefetches_the_prompt_its_request_reuses(nvim: TmuxNvim) ->
     # (150 ms debounce): the prompt was encoded in between and the request reused all of it.
     assert after["prefetch"]["encoded"] > before["prefetch"]["encoded"], after["prefetch"]
     assert after["promptCache"]["last"]["encodedTokens"] == 0, after["promptCache"]
+    ed.keys("Escape")
+
+
+def test_the_plugin_speculates_so_the_request_after_a_keystroke_finds_its_answer(nvim: TmuxNvim) -> None:
+    ed = nvim
+    # Not set in this session's setup(): the plugin sends speculate=true because it triggers automatically.
+    assert ed.lua("return require('dg_lsp.config').options.completion.speculate == nil")
+    assert server_info(ed)["options"]["completion"]["speculate"] is True
+    open_file(ed, "speculate.py", SOURCE)
+    ed.keys("G", "o")
+    ed.wait_for("return vim.api.nvim_get_mode().mode == 'i'", 10, "insert mode")
+    wait_for_suggestion(ed)
+    for key in "xyz":  # a key the shown suggestion began with would be typed through: try another
+        before = server_info(ed)
+        ed.type(key)
+        ed.wait(lambda: state(ed)["lines"][-1].endswith(key), 10, f"{key!r} typed")
+        version = state(ed)["version"]
+        # The plugin's request (150 ms after the key) is answered for this version ...
+        ed.wait(
+            lambda: ed.lua(
+                f"local e = DgT.events('DgLspCompletion'); local last = e[#e]; return last ~= nil and last.version == {version}"
+            ),
+            60,
+            f"the debounced request after typing {key!r}",
+        )
+        after = server_info(ed)
+        if after["typeThroughHits"] == before["typeThroughHits"]:
+            break
+    # ... by the speculation the key's change started (joined, or its remembered answer), not by a job of its own.
+    assert after["prefetch"]["encoded"] > before["prefetch"]["encoded"], after["prefetch"]
+    assert after["jobs"]["completed"] == before["jobs"]["completed"], after["jobs"]
+    assert after["cacheHits"] > before["cacheHits"] or after["prefetch"]["joined"] > before["prefetch"]["joined"], after
     ed.keys("Escape")
 
 

@@ -14,6 +14,8 @@ M.defaults = {
   log_file = nil,
   -- initializationOptions.completion, camelCase keys passed as is:
   -- { maxSteps, contextTokens, draftIntervalMs, parseCheck, prefetch, speculate, seed }
+  -- `speculate` left unset is sent as true while this plugin triggers automatically (auto_trigger,
+  -- not native_inline_completion): the server then completes during the debounce_ms it waits.
   completion = {},
   -- initializationOptions.rewrite: { maxSteps, noise }
   rewrite = {},
@@ -122,8 +124,12 @@ function M.init_options()
   if o.device then
     init.device = o.device
   end
-  if next(o.completion or {}) then
-    init.completion = vim.deepcopy(o.completion)
+  local completion = vim.deepcopy(o.completion or {})
+  if completion.speculate == nil and o.auto_trigger and not o.native_inline_completion then
+    completion.speculate = true -- use the debounce: the answer is on its way before the request
+  end
+  if next(completion) then
+    init.completion = completion
   end
   if next(o.rewrite or {}) then
     init.rewrite = vim.deepcopy(o.rewrite)
