@@ -8,8 +8,8 @@ changes, so the server's completion cache cannot answer and the model really run
 prompt cache has to re-encode the prefix, which follows the suffix in the encoder layout).
 With ``--typed-ms D`` each request follows a keystroke instead, as in an editor: the document is
 opened without the character before the cursor, a ``didChange`` types it, and the request is sent
-``D`` ms later (an editor's debounce: the Neovim plugin asks 150 ms after the key and sends the
-change at 50 ms, so ~100 ms; VS Code less). Repetitions then go round all cursors in turn, so
+``D`` ms later (an editor's debounce: the Neovim plugin asks 100 ms after the key and sends the
+change within 20 ms, so ~80-100 ms; until session 30 150 and 50 ms; VS Code less). Repetitions then go round all cursors in turn, so
 every request's prompt differs from the one before it (a cursor moved, then a key typed). Run it
 with ``--completion '{"prefetch": false}'`` and without to see what encoding the prompt in that
 gap (the server's prompt prefetch) takes off a request.

@@ -3,8 +3,9 @@
 A typist types the first ``--chars`` characters of each single-line fixture cursor's expected text
 (``fixtures/cursors.json``, REST_OF_LINE and LINE), one key every ``--key-ms`` ms, into the real
 server over stdio, reported the way the Neovim plugin reports it: changes batched into one
-``didChange`` sent ``--batch-ms`` (50) after the first unsent key (its ``debounce_text_changes``), and
-a request ``--debounce-ms`` (150) after the last key (its ``debounce_ms``). Every key re-arms that
+``didChange`` sent ``--batch-ms`` (20) after the first unsent key (its ``change_debounce_ms``, the
+client's ``debounce_text_changes``), and a request ``--debounce-ms`` (100) after the last key (its
+``debounce_ms``; 50 and 150 ms before session 30). Every key re-arms that
 timer and cancels a request in flight (``$/cancelRequest``); changes are flushed before a request.
 After the last key the request is awaited. Per episode (one cursor typed at one pace):
 
@@ -17,9 +18,10 @@ After the last key the request is awaited. Per episode (one cursor typed at one 
 
 ``--option`` (default ``speculate``) alternates on and off between episodes (``didChangeConfiguration``),
 so at every pace each cursor is typed once with it and once without (``--reps`` 2) and the report pairs
-them. Needs Linux (``/proc``).
+them; ``--alt-timing B D`` alternates the client's timing instead (changes batched ``B`` ms, request
+``D`` ms after the last key, against ``--batch-ms`` / ``--debounce-ms``). Needs Linux (``/proc``).
 
-    python benchmarks/typing_cost.py --key-ms 80 120 200 --wait-compile
+    python benchmarks/typing_cost.py --key-ms 80 120 200 300 --wait-compile
 """
 
 from __future__ import annotations
@@ -167,13 +169,16 @@ class PluginTiming:
             time.sleep(left)
 
 
-def type_episode(client: LspClient, case: Case, typed: str, key_ms: float, args: argparse.Namespace) -> tuple[PluginTiming, float, float, bool, float]:
-    """Type ``typed`` at the case's cursor; (timing, request ms, wait ms, answered, CPU s)."""
+def type_episode(
+    client: LspClient, case: Case, typed: str, key_ms: float, timing_ms: tuple[float, float], args: argparse.Namespace
+) -> tuple[PluginTiming, float, float, bool, float]:
+    """Type ``typed`` at the case's cursor with ``timing_ms`` = (change batch, request debounce);
+    (timing, request ms, wait ms, answered, CPU s)."""
     language = case.file.split("/", 1)[0]
     cursor = offset_at(case.text, case.line, case.character)
     doc = OpenDoc(client, FIXTURES_DIR / case.file, LANGUAGE_IDS.get(language, language), case.text)
     try:
-        timing = PluginTiming(client, doc, args.batch_ms, args.debounce_ms)
+        timing = PluginTiming(client, doc, *timing_ms)
         cpu_before = process_cpu_seconds(client.proc.pid)
         start = time.perf_counter()
         for number, char in enumerate(typed):
@@ -222,20 +227,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             info, waited = wait_for_compile(client, args.compile_timeout)
             print(f"compiled step {info['compile'].get('state')} {waited:.1f} s after ready", file=sys.stderr)
         for case in cases[:2]:  # untimed: the first requests pay one-off costs
-            type_episode(client, case, typed_text(case, args.chars), args.key_ms[0], args)
+            type_episode(client, case, typed_text(case, args.chars), args.key_ms[0], (args.batch_ms, args.debounce_ms), args)
         total = len(args.key_ms) * args.reps * len(cases)
         bar = tqdm(total=total, desc="episodes", unit="ep", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
         for key_ms in args.key_ms:
             for rep in range(args.reps):
                 for number, case in enumerate(cases):
                     on = (rep + number) % 2 == 0
-                    set_completion_option(client, args, args.option, on)
+                    timing_ms = (args.batch_ms, args.debounce_ms)
+                    if args.alt_timing:
+                        timing_ms = (args.alt_timing[0], args.alt_timing[1]) if on else timing_ms
+                    else:
+                        set_completion_option(client, args, args.option, on)
                     typed = typed_text(case, args.chars)
-                    timing, request_ms, wait_ms, answered, cpu = type_episode(client, case, typed, key_ms, args)
+                    timing, request_ms, wait_ms, answered, cpu = type_episode(client, case, typed, key_ms, timing_ms, args)
                     episodes.append(Episode(case.file, case.index, case.kind, key_ms, on, len(typed), timing.changes,
                                             timing.requests, timing.cancelled, timing.answered_between, request_ms, wait_ms,
                                             answered, cpu))
-                    bar.set_postfix_str(f"{key_ms:g} ms/key {args.option} {'on' if on else 'off'}: {wait_ms:,.0f} ms", refresh=False)
+                    bar.set_postfix_str(f"{key_ms:g} ms/key {variant_label(args, on)}: {wait_ms:,.0f} ms", refresh=False)
                     bar.update(1)
         bar.close()
         final = client.request("workspace/executeCommand", {"command": "dg.info", "arguments": []}, timeout=60)
@@ -243,6 +252,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         client.close()
         log_file.close()
     return report(args, info, final, episodes)
+
+
+def variant_label(args: argparse.Namespace, on: bool) -> str:
+    """What is alternated, and which side: a server option on/off, or the client's (batch, debounce) timing."""
+    if args.alt_timing:
+        batch, debounce = args.alt_timing if on else (args.batch_ms, args.debounce_ms)
+        return f"changes {batch:g} / request {debounce:g} ms"
+    return f"{args.option} {'on' if on else 'off'}"
 
 
 def paired(episodes: list[Episode], key_ms: float, field: str) -> list[float]:
@@ -268,7 +285,8 @@ def report(args: argparse.Namespace, info: dict[str, Any], final: Any, episodes:
             keys = sum(ep.keys for ep in chosen)
             rows.append({
                 "key_ms": key_ms,
-                "variant": f"{args.option} {'on' if on else 'off'}",
+                "variant": variant_label(args, on),
+                "option_on": on,
                 "episodes": len(chosen),
                 "wait_ms": summarize([ep.wait_ms for ep in chosen]),
                 "request_ms": summarize([ep.request_ms for ep in chosen]),
@@ -294,7 +312,7 @@ def report(args: argparse.Namespace, info: dict[str, Any], final: Any, episodes:
         "machine": machine_info(),
         "server": {"model": info.get("model"), "device": info.get("device"), "dtype": info.get("dtype"),
                    "compile": (final or {}).get("compile") if isinstance(final, dict) else None},
-        "settings": {"option": args.option, "key_ms": args.key_ms, "chars": args.chars, "batch_ms": args.batch_ms,
+        "settings": {"option": None if args.alt_timing else args.option, "alt_timing": args.alt_timing, "key_ms": args.key_ms, "chars": args.chars, "batch_ms": args.batch_ms,
                      "debounce_ms": args.debounce_ms, "settle_ms": args.settle_ms, "reps": args.reps,
                      "completion": args.completion},
         "rows": rows,
@@ -317,7 +335,8 @@ def print_report(data: dict[str, Any]) -> None:
     print(text_table(header, table))
     for key_ms, fields in data["paired_on_over_off"].items():
         parts = [f"{field} {v['p50']:.3f} ({v['p25']:.3f}-{v['p75']:.3f})" for field, v in fields.items() if v]
-        print(f"paired on/off at {float(key_ms):g} ms/key: " + ", ".join(parts))
+        on, off = (next((r["variant"] for r in data["rows"] if r["option_on"] is side), "?") for side in (True, False))
+        print(f"paired ({on}) / ({off}) at {float(key_ms):g} ms/key: " + ", ".join(parts))
 
 
 def plot(data: dict[str, Any], path: Path) -> Path:
@@ -327,9 +346,9 @@ def plot(data: dict[str, Any], path: Path) -> Path:
     paces = [float(k) for k in data["settings"]["key_ms"]]
     width = 0.38
     for shift, on in ((-width / 2, False), (width / 2, True)):
-        rows = {r["key_ms"]: r for r in data["rows"] if r["variant"].endswith(" on") is on}
+        rows = {r["key_ms"]: r for r in data["rows"] if r["option_on"] is on}
         xs = [i + shift for i, pace in enumerate(paces) if pace in rows]
-        label = f"{data['settings']['option']} {'on' if on else 'off'}"
+        label = next((r["variant"] for r in rows.values()), "")
         p50 = [rows[p]["wait_ms"]["p50"] for p in paces if p in rows]
         p95 = [rows[p]["wait_ms"]["p95"] for p in paces if p in rows]
         left.bar(xs, p50, width, label=label, yerr=[[0] * len(p50), [b - a for a, b in zip(p50, p95)]], capsize=3)
@@ -340,7 +359,9 @@ def plot(data: dict[str, Any], path: Path) -> Path:
         axis.set_ylim(0, axis.get_ylim()[1] * 1.3)  # room for the legend above the bars
         axis.legend(fontsize=8, loc="upper left", ncols=2)
     fig.suptitle(f"typing {data['settings']['chars']} chars per cursor, Neovim plugin timing "
-                 f"(changes {data['settings']['batch_ms']:g} ms, request {data['settings']['debounce_ms']:g} ms)", fontsize=10)
+                 f"(changes batched {data['settings']['batch_ms']:g} ms, request {data['settings']['debounce_ms']:g} ms after the last key)"
+                 + (f", against {data['settings']['alt_timing'][0]:g} / {data['settings']['alt_timing'][1]:g} ms" if data["settings"].get("alt_timing") else ""),
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -355,8 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chars", type=int, default=6, help="characters typed per cursor")
     parser.add_argument("--reps", type=int, default=2, help="episodes per cursor and pace (alternating the option)")
     parser.add_argument("--option", default="speculate", choices=["speculate", "prefetch"], help="the boolean completion option alternated")
-    parser.add_argument("--batch-ms", type=float, default=50.0, help="didChange batching (the plugin's debounce_text_changes)")
-    parser.add_argument("--debounce-ms", type=float, default=150.0, help="request after the last key (the plugin's debounce_ms)")
+    parser.add_argument("--batch-ms", type=float, default=20.0, help="didChange batching (the plugin's change_debounce_ms)")
+    parser.add_argument("--debounce-ms", type=float, default=100.0, help="request after the last key (the plugin's debounce_ms)")
+    parser.add_argument("--alt-timing", type=float, nargs=2, default=None, metavar=("BATCH_MS", "DEBOUNCE_MS"),
+                        help="alternate the client's timing instead of a server option: --batch-ms/--debounce-ms against these")
     parser.add_argument("--settle-ms", type=float, default=200.0, help="CPU still counted after the answer (cancelled work finishing)")
     parser.add_argument("--languages", default=None, help="comma-separated fixture folders (default: all)")
     parser.add_argument("--max-cursors", type=int, default=None, help="at most this many cursors per file and kind")

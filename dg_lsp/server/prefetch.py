@@ -1,7 +1,7 @@
 """Prompt prefetch: after an edit, encode the prompt at the cursor while the editor waits to ask.
 
 Editors ask for inline completions a little after the last keystroke (VS Code soon after; the
-Neovim plugin's ``debounce_ms``, 150 ms, its change notifications batched every 50 ms). An edit
+Neovim plugin's ``debounce_ms``, 100 ms, its change notifications batched every 20 ms). An edit
 is reported first, and the cursor is where the edit ended. Encoding the prompt for that cursor
 in the gap means the request finds its whole prompt in the prompt cache and goes straight to
 denoising. Only the newest edit's prefetch is kept (the engine holds one prompt); a request for

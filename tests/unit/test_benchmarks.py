@@ -407,3 +407,29 @@ def test_typing_cost_types_at_each_pace_with_the_plugin_s_timing(tiny_model_dir:
     assert report["paired_on_over_off"]["450.0"]["cpu_s"]["count"] == 2
     assert report["server_counters"]["prefetch"]["scheduled"] >= 8
     assert report["server_counters"]["jobs"]["failed"] == 0
+
+
+@pytest.mark.timeout(300)
+def test_typing_cost_can_alternate_the_client_s_timing_instead(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "timing.json"
+    code = typing_cost.main(
+        [
+            "--model", str(tiny_model_dir),
+            "--languages", "python",
+            "--max-cursors", "1",
+            "--chars", "3",
+            "--key-ms", "40",
+            "--batch-ms", "200",  # all three keys in one change ...
+            "--debounce-ms", "300",
+            "--alt-timing", "0", "300",  # ... against one change per key
+            "--completion", json.dumps({"maxSteps": 2, "parseCheck": False, "speculate": True}),
+            "--json", str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["option"] is None and report["settings"]["alt_timing"] == [0.0, 300.0]
+    changes = {(e["kind"], e["option_on"]): e["changes_sent"] for e in report["episodes"]}
+    assert changes == {("REST_OF_LINE", True): 3, ("LINE", True): 3, ("REST_OF_LINE", False): 1, ("LINE", False): 1}
+    assert {row["variant"] for row in report["rows"]} == {"changes 0 / request 300 ms", "changes 200 / request 300 ms"}

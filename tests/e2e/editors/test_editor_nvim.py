@@ -127,7 +127,6 @@ require('dg_lsp').setup({
   cmd = %(cmd)s,
   model = %(model)s,
   completion = { parseCheck = false, seed = 0 },
-  debounce_ms = 150,
   keymaps = true,
 })
 """
@@ -450,8 +449,13 @@ def a_keystroke_prefetches_the_prompt_its_request_reuses(ed: TmuxNvim) -> None:
 
 def test_the_plugin_speculates_so_the_request_after_a_keystroke_finds_its_answer(nvim: TmuxNvim) -> None:
     ed = nvim
-    # Not set in this session's setup(): the plugin sends speculate=true because it triggers automatically.
+    # Not set in this session's setup(): the plugin sends speculate=true because it triggers automatically,
+    # its changes at most 20 ms after a key and its request 100 ms after the last one.
     assert ed.lua("return require('dg_lsp.config').options.completion.speculate == nil")
+    assert ed.lua(
+        "local c = vim.lsp.get_clients({ name = 'dg_lsp' })[1]; "
+        "return { c.flags.debounce_text_changes, require('dg_lsp.config').options.debounce_ms }"
+    ) == [20, 100]
     assert server_info(ed)["options"]["completion"]["speculate"] is True
     open_file(ed, "speculate.py", SOURCE)
     ed.keys("G", "o")

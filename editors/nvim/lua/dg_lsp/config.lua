@@ -31,7 +31,10 @@ M.defaults = {
   -- Request completions automatically while typing in insert mode.
   auto_trigger = true,
   -- Delay after the last keystroke before an automatic request (ms).
-  debounce_ms = 150,
+  debounce_ms = 100,
+  -- Changes are sent to the server batched, at most this long after a keystroke (ms): the
+  -- server's prefetch / speculation starts from them (the client's debounce_text_changes).
+  change_debounce_ms = 20,
   -- Show intermediate drafts (dg/draft notifications) as ghost text while denoising.
   show_drafts = true,
   -- Use vim.lsp.inline_completion (Neovim 0.12+) instead of this plugin's ghost text.
@@ -77,6 +80,7 @@ function M.set(opts)
     { 'filetypes', 'table' },
     { 'auto_trigger', 'boolean' },
     { 'debounce_ms', 'number' },
+    { 'change_debounce_ms', 'number' },
     { 'show_drafts', 'boolean' },
     { 'keymaps', { 'boolean', 'table' } },
     { 'on_attach', 'function' },

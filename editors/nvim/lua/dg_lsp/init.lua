@@ -125,7 +125,7 @@ function M.client_config(bufnr)
     handlers = { ['dg/draft'] = on_draft },
     commands = commands,
     on_attach = on_attach,
-    flags = { debounce_text_changes = 50 },
+    flags = { debounce_text_changes = config.options.change_debounce_ms },
   }
 end
 
