@@ -63,6 +63,31 @@ class PrefetchStats:
         return asdict(self)
 
 
+#: The most characters one change of a typing-like edit inserts (a few keys batched by the editor, an
+#: auto-closed pair, a new line with its indentation).
+TYPED_CHARS = 16
+#: The most changes a typing-like edit carries.
+TYPED_CHANGES = 4
+
+
+def typing_like(changes: Sequence[Any]) -> bool:
+    """Whether an edit looks like typing (what speculation is for) rather than a paste, a line deleted, or a tool's edit.
+
+    Each change inserts at most :data:`TYPED_CHARS` characters with at most one line break and
+    replaces text within one line; at most :data:`TYPED_CHANGES` changes; no whole-document change.
+    """
+    if not changes or len(changes) > TYPED_CHANGES:
+        return False
+    for change in changes:
+        if not isinstance(change, types.TextDocumentContentChangePartial):
+            return False
+        if change.range.start.line != change.range.end.line:
+            return False
+        if len(change.text) > TYPED_CHARS or change.text.count("\n") > 1:
+            return False
+    return True
+
+
 def edit_end(changes: Sequence[Any], offset_at: Callable[[types.Position], int]) -> int | None:
     """Where the cursor is after ``changes`` (the end of the last change's text); None for a whole-document change.
 

@@ -36,7 +36,7 @@ from dg_lsp.server.model_manager import (
     model_spec,
     remote_settings,
 )
-from dg_lsp.server.prefetch import PrefetchPlan, Prefetcher, edit_end
+from dg_lsp.server.prefetch import PrefetchPlan, Prefetcher, edit_end, typing_like
 from dg_lsp.server.protocol_guard import GuardedProtocol, strict_converter
 from dg_lsp.server.suggestions import SuggestionMemory
 from dg_lsp.special_tokens import LANGUAGES
@@ -111,10 +111,12 @@ class DgServer(LanguageServer):
         if cursor is None:
             return
         version = doc.version
-        self.prefetcher.schedule(lambda: self._prefetch_job(uri, version, cursor), (uri, version, cursor))
+        speculate = options.speculate and typing_like(changes)  # not after a paste, a line deleted, a tool's edit
+        self.prefetcher.schedule(lambda: self._prefetch_job(uri, version, cursor, speculate), (uri, version, cursor))
 
-    def _prefetch_job(self, uri: str, version: int, cursor: int) -> PrefetchPlan | None:
-        """The prefetch for ``cursor`` in ``uri`` at ``version``; None if the model or the document moved on."""
+    def _prefetch_job(self, uri: str, version: int, cursor: int, speculate: bool) -> PrefetchPlan | None:
+        """The prefetch for ``cursor`` in ``uri`` at ``version`` (``speculate``: the whole completion, else the prompt);
+        None if the model or the document moved on."""
         doc = self.documents.get(uri)
         backend = self.models.backend
         loading = self._load_task is not None and not self._load_task.done()
@@ -123,7 +125,7 @@ class DgServer(LanguageServer):
         snapshot = doc.tree.snapshot()
         text, options = doc.tree.text, self.options.completion
         language = doc.tree.language or detect_language(uri, None)
-        relay = DraftRelay() if options.speculate else None
+        relay = DraftRelay() if speculate and options.speculate else None
         cursor = min(cursor, len(text))
         answers: list[str] = []
 

@@ -212,6 +212,26 @@ async def test_a_request_joins_a_running_speculation_and_gets_its_drafts(client:
     assert drafts[-1]["text"] == (result.items[0].insert_text if result.items else "")
 
 
+async def test_an_edit_that_is_not_typing_prefetches_the_prompt_but_does_not_speculate(client: LanguageClient) -> None:
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"dgLsp": session_options(speculate=True)})
+    )
+    for _ in range(100):
+        if (await info(client))["options"]["completion"]["speculate"] is True:
+            break
+        await asyncio.sleep(0.05)
+    open_document(client, URI, SOURCE)
+    change(client, URI, 2, (4, 0), (5, 0), "")  # a whole line deleted (Vim's dd): no one is typing there
+    state = await prefetches_encoded(client, 1)
+    assert state["promptCache"]["last"]["encodedTokens"] > 0  # its prompt was encoded ...
+    result = await inline(client, URI, 4, 0)
+    after = await info(client)
+    assert after["cacheHits"] == state["cacheHits"]  # ... but nothing denoised: the request computed its answer
+    assert after["jobs"]["completed"] == state["jobs"]["completed"] + 1
+    assert after["promptCache"]["last"]["encodedTokens"] == 0  # on the prefetched prompt
+    assert result is not None
+
+
 async def test_prefetch_can_be_turned_off(client: LanguageClient) -> None:
     client.workspace_did_change_configuration(
         types.DidChangeConfigurationParams(settings={"dgLsp": session_options(prefetch=False)})

@@ -11,7 +11,7 @@ from lsprotocol import types
 
 from dg_lsp.server.jobs import JobRunner, JobStats
 from dg_lsp.server.drafts import DraftRelay
-from dg_lsp.server.prefetch import PrefetchPlan, Prefetcher, PrefetchStats, edit_end
+from dg_lsp.server.prefetch import TYPED_CHARS, TYPED_CHANGES, PrefetchPlan, Prefetcher, PrefetchStats, edit_end, typing_like
 
 #: Guard against a hung test only (a correct run never comes near it).
 GUARD_S = 30.0
@@ -47,6 +47,22 @@ def test_the_cursor_is_where_the_last_change_ends() -> None:
 def test_a_whole_document_change_or_none_has_no_cursor() -> None:
     assert edit_end([types.TextDocumentContentChangeWholeDocument(text="x = 1\n")], offsets("x = 1\n")) is None
     assert edit_end([], offsets("")) is None
+
+
+def test_typing_like_edits_are_keys_not_pastes_deleted_lines_or_tools() -> None:
+    assert typing_like([change(1, 11, 1, 11, "1")])  # a key
+    assert typing_like([change(1, 12, 1, 13, "")])  # backspace
+    assert typing_like([change(0, 8, 0, 8, "\n"), change(1, 0, 1, 0, "    ")])  # Enter and its indentation
+    assert typing_like([change(0, 8, 0, 8, "\n    ")])  # the same in one change
+    assert typing_like([change(2, 4, 2, 4, "()")])  # an auto-closed pair
+    assert typing_like([change(2, 4, 2, 4, "x" * TYPED_CHARS)])  # keys batched by the editor
+    assert not typing_like([change(2, 4, 2, 4, "x" * (TYPED_CHARS + 1))])  # a paste
+    assert not typing_like([change(0, 0, 0, 0, "# a\n# b\n")])  # lines pasted
+    assert not typing_like([change(3, 0, 4, 0, "")])  # a line deleted (dd)
+    assert not typing_like([change(1, 4, 2, 2, "x")])  # a selection across lines replaced
+    assert not typing_like([change(i, 0, i, 0, " ") for i in range(TYPED_CHANGES + 1)])  # a tool's many edits
+    assert not typing_like([types.TextDocumentContentChangeWholeDocument(text="x = 1\n")])  # a formatter's whole text
+    assert not typing_like([])
 
 
 @pytest.fixture
