@@ -164,14 +164,21 @@ async def test_an_edit_prefetches_the_prompt_its_request_then_reuses(client: Lan
     assert after["last"]["reusedTokens"] == after["last"]["promptTokens"] == state["promptCache"]["last"]["promptTokens"]
 
 
-async def test_speculation_answers_the_request_with_what_the_request_would_compute(client: LanguageClient) -> None:
+async def reconfigure(client: LanguageClient, **completion: Any) -> dict[str, Any]:
+    """Send ``completion`` options (didChangeConfiguration) and wait until the server shows them; its ``dg.info``."""
     client.workspace_did_change_configuration(
-        types.DidChangeConfigurationParams(settings={"dgLsp": session_options(speculate=True)})
+        types.DidChangeConfigurationParams(settings={"dgLsp": session_options(**completion)})
     )
     for _ in range(100):
-        if (await info(client))["options"]["completion"]["speculate"] is True:
-            break
+        state = await info(client)
+        if all(state["options"]["completion"].get(name) == value for name, value in completion.items()):
+            return state
         await asyncio.sleep(0.05)
+    raise AssertionError(f"the server did not take {completion}: {state['options']['completion']}")
+
+
+async def test_speculation_answers_the_request_with_what_the_request_would_compute(client: LanguageClient) -> None:
+    await reconfigure(client, speculate=True)
     open_document(client, URI, SOURCE)
     change(client, URI, 2, (3, 19), (3, 19), " +")
     before = await prefetches_encoded(client, 1)
@@ -189,13 +196,7 @@ async def test_speculation_answers_the_request_with_what_the_request_would_compu
 
 
 async def test_a_request_joins_a_running_speculation_and_gets_its_drafts(client: LanguageClient) -> None:
-    client.workspace_did_change_configuration(
-        types.DidChangeConfigurationParams(settings={"dgLsp": session_options(speculate=True, maxSteps=256)})
-    )
-    for _ in range(100):
-        if (await info(client))["options"]["completion"]["speculate"] is True:
-            break
-        await asyncio.sleep(0.05)
+    await reconfigure(client, speculate=True, maxSteps=256)
     open_document(client, URI, SOURCE)
     change(client, URI, 2, (6, 15), (6, 15), "\n    ")  # a new line in the body of spread(): a block hole
     for _ in range(400):
@@ -213,13 +214,7 @@ async def test_a_request_joins_a_running_speculation_and_gets_its_drafts(client:
 
 
 async def test_an_edit_that_is_not_typing_prefetches_the_prompt_but_does_not_speculate(client: LanguageClient) -> None:
-    client.workspace_did_change_configuration(
-        types.DidChangeConfigurationParams(settings={"dgLsp": session_options(speculate=True)})
-    )
-    for _ in range(100):
-        if (await info(client))["options"]["completion"]["speculate"] is True:
-            break
-        await asyncio.sleep(0.05)
+    await reconfigure(client, speculate=True)
     open_document(client, URI, SOURCE)
     change(client, URI, 2, (4, 0), (5, 0), "")  # a whole line deleted (Vim's dd): no one is typing there
     state = await prefetches_encoded(client, 1)
@@ -233,15 +228,7 @@ async def test_an_edit_that_is_not_typing_prefetches_the_prompt_but_does_not_spe
 
 
 async def test_prefetch_can_be_turned_off(client: LanguageClient) -> None:
-    client.workspace_did_change_configuration(
-        types.DidChangeConfigurationParams(settings={"dgLsp": session_options(prefetch=False)})
-    )
-    for _ in range(100):
-        state = await info(client)
-        if state["options"]["completion"]["prefetch"] is False:
-            break
-        await asyncio.sleep(0.05)
-    assert state["options"]["completion"]["prefetch"] is False
+    await reconfigure(client, prefetch=False)
     open_document(client, URI, SOURCE)
     change(client, URI, 2, (3, 19), (3, 19), " +")
     await inline(client, URI, 3, 21)  # answered after the edit: nothing was scheduled for it
