@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         sessions = typing_sessions(path, args.lines_per_file)
         for name, engine in engines.items():
             rows[name] += measure(engine, language or "text", sessions, args.budget)
-    summary = {
+    summary: dict[str, Any] = {
         name: {
             "keystrokes": len(values),
             "prompt_tokens": summarize([p for p, _ in values]),

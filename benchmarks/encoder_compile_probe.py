@@ -33,11 +33,13 @@ for f, cs in cur.items():
         off = sum(len(l) for l in lines[:c["line"]]) + c["character"]
         cases.append((src[:off] + src[off + len(c["expected"]):], lang, off))
 opts = CompletionOptions()
-compiled_encoder = eng.fast.prompt_encoder
-res = {"eager": [], "compiled": []}
+fast = eng.fast
+assert fast is not None, "the fast path is off"
+compiled_encoder = fast.prompt_encoder
+res: dict[str, list[tuple[float, float, float]]] = {"eager": [], "compiled": []}
 for rep in range(3):
     for mode in ("eager", "compiled"):
-        eng.fast.prompt_encoder = (lambda: None) if mode == "eager" else compiled_encoder
+        setattr(fast, "prompt_encoder", (lambda: None) if mode == "eager" else compiled_encoder)
         for text, lang, off in cases:
             eng._cache.clear()
             tree = get_parser(lang).parse(text.encode()) if lang else None

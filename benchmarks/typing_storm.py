@@ -63,7 +63,8 @@ TYPED = "    value = compute(items, key=lambda x: x.size) + offset  # 🚀 naïv
 
 
 class StormClient(LspClient):
-    """LspClient plus requests that do not block: the storm keeps typing while answers come back."""
+    """LspClient noting which version each request's final draft was for (requests that do not block, ``send_request``,
+    keep the storm typing while answers come back)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -75,17 +76,6 @@ class StormClient(LspClient):
             request_id = params.get("requestId")
             if isinstance(request_id, int):
                 self.final_draft_version[request_id] = int(params["version"])
-
-    def send_request(self, method: str, params: Any) -> tuple[int, float, Future[tuple[dict[str, Any], float]]]:
-        """Send a request; return its id, send time and the future of (response, receipt time)."""
-        future: Future[tuple[dict[str, Any], float]] = Future()
-        with self._lock:
-            self._next_id += 1
-            request_id = self._next_id
-            self._pending[request_id] = future
-        sent = time.perf_counter()
-        self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-        return request_id, sent, future
 
 
 def utf16_len(text: str) -> int:
@@ -241,8 +231,8 @@ def run_phase(
             "position": {"line": doc.line, "character": doc.character},
             "context": {"triggerKind": 2},
         }
-        request_id, at, future = client.send_request("textDocument/inlineCompletion", params)
-        sent.append(Sent(request_id, doc.uri, doc.version, at, order, future))
+        pending = client.send_request("textDocument/inlineCompletion", params)
+        sent.append(Sent(pending.id, doc.uri, doc.version, pending.started, order, pending.future))
         phase.requests += 1
         bar.update(1)
         if now >= next_sample:
