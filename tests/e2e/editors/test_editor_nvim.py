@@ -572,5 +572,7 @@ def test_checkhealth(nvim: TmuxNvim) -> None:
     assert "ERROR" not in text, text
     assert "status ready" in text
     assert "server executable" in text
+    assert "timing: changes sent within 20 ms of a key, request 100 ms after the last key" in text
+    assert "speculation: on" in text and "server: prefetch true, speculate true" in text
     ed.type(":bwipeout")
     ed.keys("Enter")

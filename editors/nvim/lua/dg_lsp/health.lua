@@ -42,6 +42,16 @@ function M.check()
   end
   info('model: ' .. (config.options.model or '(server default: embedded model)'))
   info('device: ' .. (config.options.device or '(server default)'))
+  local o = config.options
+  info(string.format('timing: changes sent within %d ms of a key, request %d ms after the last key%s',
+    o.change_debounce_ms, o.debounce_ms, o.auto_trigger and '' or ' (auto_trigger off: no automatic requests)'))
+  local sent = config.init_options().completion or {}
+  if sent.speculate then
+    info('speculation: on (the server completes while the plugin waits; uses more CPU in fast typing: '
+      .. 'completion = { speculate = false } turns it off)')
+  else
+    info('speculation: off')
+  end
 
   start('dg_lsp: server')
   local util = require('dg_lsp.util')
@@ -71,6 +81,10 @@ function M.check()
     warn('status loading: ' .. line, { 'The model is still loading; run :checkhealth dg_lsp again in a moment' })
   else
     error('status ' .. tostring(status) .. ': ' .. tostring(res.error ~= vim.NIL and res.error or ''), { line })
+  end
+  local completion = type(res.options) == 'table' and res.options.completion or nil
+  if type(completion) == 'table' then
+    info(string.format('server: prefetch %s, speculate %s', tostring(completion.prefetch), tostring(completion.speculate)))
   end
   if type(res.languages) == 'table' then
     info('languages: ' .. table.concat(vim.tbl_map(tostring, res.languages), ', '))
