@@ -326,9 +326,19 @@ class PendingRequest:
     """A request sent by :meth:`LspClient.send_request`: its id, when it left, and the future of ``(message, received)``."""
 
     id: int
-    method: str
     started: float
     future: Future[tuple[dict[str, Any], float]]
+
+
+def inline_params(uri: str, line: int, character: int) -> dict[str, Any]:
+    """``textDocument/inlineCompletion`` params at ``line``/``character`` (UTF-16), triggered automatically as while typing."""
+    return {"textDocument": {"uri": uri}, "position": {"line": line, "character": character}, "context": {"triggerKind": 2}}
+
+
+def has_suggestion(result: Any) -> bool:
+    """Whether an ``inlineCompletion`` result offers a non-empty item."""
+    items = result.get("items", []) if isinstance(result, dict) else (result or [])
+    return any(item.get("insertText") for item in items if isinstance(item, dict))
 
 
 class LspClient:
@@ -453,7 +463,7 @@ class LspClient:
             self._pending[request_id] = future
         started = time.perf_counter()
         self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-        return PendingRequest(request_id, method, started, future)
+        return PendingRequest(request_id, started, future)
 
     def cancel_request(self, pending: PendingRequest) -> None:
         """``$/cancelRequest`` for ``pending`` (an editor giving up on it); its answer, if any, is still read."""

@@ -46,6 +46,8 @@ from benchmarks.common import (  # noqa: E402
     command_line,
     end_position,
     fmt,
+    has_suggestion,
+    inline_params,
     load_cursors,
     machine_info,
     machine_line,
@@ -327,15 +329,9 @@ def inline_request(client: LspClient, doc: OpenDoc, case: Case, timeout: float) 
     before = client.notification_counts["dg/draft"]
     if isinstance(getattr(client, "draft_clock", None), DraftClock):
         client.draft_clock.start()  # type: ignore[attr-defined]
-    params = {
-        "textDocument": {"uri": doc.uri},
-        "position": {"line": case.line, "character": case.character},
-        "context": {"triggerKind": 2},  # automatic, as while typing
-    }
+    params = inline_params(doc.uri, case.line, case.character)
     result, seconds = client.timed_request("textDocument/inlineCompletion", params, timeout=timeout)
-    items = result.get("items", []) if isinstance(result, dict) else (result or [])
-    answered = any(item.get("insertText") for item in items if isinstance(item, dict))
-    return seconds * 1000.0, answered, client.notification_counts["dg/draft"] - before
+    return seconds * 1000.0, has_suggestion(result), client.notification_counts["dg/draft"] - before
 
 
 def typed_request(client: LspClient, case: Case, typed_ms: float, timeout: float) -> tuple[float, bool, int]:

@@ -48,6 +48,8 @@ from benchmarks.common import (  # noqa: E402
     command_line,
     end_position,
     fmt,
+    has_suggestion,
+    inline_params,
     machine_info,
     offset_at,
     pyplot,
@@ -145,12 +147,7 @@ class PluginTiming:
         if self.trigger_at is not None and now >= self.trigger_at:
             self.trigger_at = None
             self.flush()
-            line, character = end_position(self.doc.text[: self.cursor])
-            params = {
-                "textDocument": {"uri": self.doc.uri},
-                "position": {"line": line, "character": character},
-                "context": {"triggerKind": 2},
-            }
+            params = inline_params(self.doc.uri, *end_position(self.doc.text[: self.cursor]))
             self.request = self.client.send_request("textDocument/inlineCompletion", params)
             self.requests += 1
 
@@ -193,9 +190,7 @@ def type_episode(
         message, received = request.future.result(args.request_timeout)
         if "error" in message:
             raise LspError(f"inlineCompletion failed: {message['error']}")
-        result = message.get("result")
-        items = result.get("items", []) if isinstance(result, dict) else (result or [])
-        answered = any(item.get("insertText") for item in items if isinstance(item, dict))
+        answered = has_suggestion(message.get("result"))
         time.sleep(args.settle_ms / 1000.0)
         cpu = process_cpu_seconds(client.proc.pid) - cpu_before
         return timing, (received - request.started) * 1000.0, (received - last_key) * 1000.0, answered, cpu
@@ -234,10 +229,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for rep in range(args.reps):
                 for number, case in enumerate(cases):
                     on = (rep + number) % 2 == 0
-                    timing_ms = (args.batch_ms, args.debounce_ms)
-                    if args.alt_timing:
-                        timing_ms = (args.alt_timing[0], args.alt_timing[1]) if on else timing_ms
-                    else:
+                    timing_ms = (args.alt_timing[0], args.alt_timing[1]) if args.alt_timing and on else (args.batch_ms, args.debounce_ms)
+                    if not args.alt_timing:
                         set_completion_option(client, args, args.option, on)
                     typed = typed_text(case, args.chars)
                     timing, request_ms, wait_ms, answered, cpu = type_episode(client, case, typed, key_ms, timing_ms, args)

@@ -40,6 +40,7 @@ from benchmarks.common import (  # noqa: E402
     LspClient,
     command_line,
     fmt,
+    inline_params,
     machine_info,
     machine_line,
     markdown_table,
@@ -226,12 +227,7 @@ def run_phase(
         phase.edits += 1
         order += 1
         last_edit_order[doc.uri] = order
-        params = {
-            "textDocument": {"uri": doc.uri},
-            "position": {"line": doc.line, "character": doc.character},
-            "context": {"triggerKind": 2},
-        }
-        pending = client.send_request("textDocument/inlineCompletion", params)
+        pending = client.send_request("textDocument/inlineCompletion", inline_params(doc.uri, doc.line, doc.character))
         sent.append(Sent(pending.id, doc.uri, doc.version, pending.started, order, pending.future))
         phase.requests += 1
         bar.update(1)

@@ -111,12 +111,12 @@ class DgServer(LanguageServer):
         if cursor is None:
             return
         version = doc.version
-        speculate = options.speculate and typing_like(changes)  # not after a paste, a line deleted, a tool's edit
-        self.prefetcher.schedule(lambda: self._prefetch_job(uri, version, cursor, speculate), (uri, version, cursor))
+        typed = typing_like(changes)  # speculation only after typing: not a paste, a line deleted, a tool's edit
+        self.prefetcher.schedule(lambda: self._prefetch_job(uri, version, cursor, typed), (uri, version, cursor))
 
-    def _prefetch_job(self, uri: str, version: int, cursor: int, speculate: bool) -> PrefetchPlan | None:
-        """The prefetch for ``cursor`` in ``uri`` at ``version`` (``speculate``: the whole completion, else the prompt);
-        None if the model or the document moved on."""
+    def _prefetch_job(self, uri: str, version: int, cursor: int, typed: bool) -> PrefetchPlan | None:
+        """The prefetch for ``cursor`` in ``uri`` at ``version`` (the whole completion after a ``typed`` edit with
+        ``completion.speculate``, else the prompt); None if the model or the document moved on."""
         doc = self.documents.get(uri)
         backend = self.models.backend
         loading = self._load_task is not None and not self._load_task.done()
@@ -125,7 +125,7 @@ class DgServer(LanguageServer):
         snapshot = doc.tree.snapshot()
         text, options = doc.tree.text, self.options.completion
         language = doc.tree.language or detect_language(uri, None)
-        relay = DraftRelay() if speculate and options.speculate else None
+        relay = DraftRelay() if typed and options.speculate else None
         cursor = min(cursor, len(text))
         answers: list[str] = []
 
