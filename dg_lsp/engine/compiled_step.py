@@ -73,6 +73,22 @@ def enable_compile_cache() -> Path:
     return path
 
 
+def specialize_floats() -> None:
+    """Make dynamo trace the Python floats a compiled function reads as constants (process-wide).
+
+    By default (``torch._dynamo.config.specialize_float`` false) every float the step or the encoder
+    reads is traced as a symbolic input, the model's own included (norm epsilons, attention and rotary
+    scaling); once an operation needs a concrete value (``scaled_dot_product_attention``'s ``scale``)
+    the whole trace restarts with those floats specialized, so each graph was traced twice. The
+    model's floats never change, and the step's own float settings (entropy bound, confidence) are
+    passed as tensors (:class:`~dg_lsp.engine.fast_path.FastDenoiser`), so a new setting recompiles
+    nothing. Measured in ``benchmarks/RESULTS.md`` (issue 12, session 31).
+    """
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.specialize_float = True
+
+
 #: CPU compile options: ``wrapper`` (default), ``max`` or ``off`` (see :func:`cpu_inductor_options`).
 CPU_TUNING_ENV = "DG_LSP_CPU_COMPILE_TUNING"
 CPU_TUNINGS = ("wrapper", "max", "off")
@@ -253,9 +269,9 @@ def accept_and_stop(
     pinned_ids: torch.Tensor,
     previous: torch.Tensor,
     run: torch.Tensor,
-    bound: float,
+    bound: float | torch.Tensor,
     threshold: int,
-    confidence: float,
+    confidence: float | torch.Tensor,
     absorbing: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> Accepted:
     """``(next canvas, argmax canvas, run, stop)``: acceptance, renoising and the stopping rule, on the device.
@@ -313,9 +329,9 @@ def make_greedy_step(forward_stats: Callable[..., Stats]) -> Callable[..., StepO
         pinned_ids: torch.Tensor,
         prev_argmax: torch.Tensor,
         run: torch.Tensor,
-        bound: float,
+        bound: float | torch.Tensor,
         threshold: int,
-        confidence: float,
+        confidence: float | torch.Tensor,
         noise_token: torch.Tensor | None = None,
         remaining: torch.Tensor | None = None,
     ) -> StepOutputs:
@@ -370,6 +386,7 @@ class StepFunctions:
         self._sampled_lock = threading.Lock()
         if compile_step:
             enable_compile_cache()
+            specialize_floats()
             stable_layer_type_order(model)
             # One graph with symbolic sizes serves every (context bucket, canvas) pair, so it
             # compiles once; on CUDA a graph is then recorded per pair at its first use.

@@ -297,6 +297,8 @@ class FastDenoiser:
             ),
             drafts=on_draft is not None,
             noise_id=spec.noise_id,
+            bound=torch.tensor(settings.entropy_bound, dtype=torch.float32, device=device),
+            confidence=torch.tensor(settings.confidence_threshold, dtype=torch.float32, device=device),
         )
         if not settings.greedy:  # chosen once: a request never changes graphs (or guard checks) midway
             steps = self.steps
@@ -368,8 +370,7 @@ class FastDenoiser:
                 canvas, argmax, run, stop, conditioning = self.steps.greedy_step(
                     state.canvas, previous, conditioned, request.positions, request.masks, request.cache,
                     request.temperatures[number - 1], noise, request.pinned, request.pinned_ids, state.argmax,
-                    state.run, settings.entropy_bound, settings.stability_threshold, settings.confidence_threshold,
-                    *absorbing,
+                    state.run, request.bound, settings.stability_threshold, request.confidence, *absorbing,
                 )
             else:
                 assert request.halves is not None
@@ -383,7 +384,7 @@ class FastDenoiser:
                 noise = noise_ids(state.canvas.shape, self._vocab, generator, self.device, request.noise_id)
                 canvas, argmax, run, stop = accept_and_stop(
                     entropy, argmax, proposal, noise, request.pinned, request.pinned_ids, state.argmax, state.run,
-                    settings.entropy_bound, settings.stability_threshold, settings.confidence_threshold,
+                    request.bound, settings.stability_threshold, request.confidence,
                     absorbing=(
                         (request.noise_token, state.canvas, request.remaining[number - 1])
                         if request.noise_token is not None and request.remaining is not None
@@ -456,6 +457,10 @@ class _Request:
     generator: torch.Generator
     temperatures: torch.Tensor
     drafts: bool
+    #: The entropy bound and the confidence threshold as 0-d float32 tensors: runtime inputs of a compiled
+    #: step (dynamo specializes Python floats, :func:`~dg_lsp.engine.compiled_step.specialize_floats`).
+    bound: torch.Tensor
+    confidence: torch.Tensor
     #: The model's absorbing noise token (None: uniform random tokens).
     noise_id: int | None = None
     #: With ``noise_id``: that token as a 0-d tensor, and the steps left at each step (``max_steps`` … 1).

@@ -67,7 +67,7 @@ def softmax_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return weights / total, entropy
 
 
-def entropy_bound_accept(entropy: torch.Tensor, bound: float) -> torch.Tensor:
+def entropy_bound_accept(entropy: torch.Tensor, bound: float | torch.Tensor) -> torch.Tensor:
     """Accept the k lowest-entropy tokens with ``sum(H_1..k) - max(H_1..k) <= bound`` (per row)."""
     sorted_entropy, order = torch.sort(entropy, dim=-1)
     cumulative = torch.cumsum(sorted_entropy, dim=-1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -230,6 +232,27 @@ def test_compile_cache_lives_under_the_user_cache_dir(monkeypatch: pytest.Monkey
     assert compile_cache_dir() == tmp_path / "dg-lsp" / "torchinductor"
 
 
+@contextmanager
+def dynamo_restarts() -> Iterator[list[str]]:
+    """The reasons dynamo gave for restarting a trace (``Restarting analysis due to ...``) inside the block."""
+    reasons: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Restarting analysis"):
+                reasons.append(record.getMessage())
+
+    frame_log = logging.getLogger("torch._dynamo.convert_frame")
+    handler, level = Catch(), frame_log.level
+    frame_log.addHandler(handler)
+    frame_log.setLevel(logging.INFO)
+    try:
+        yield reasons
+    finally:
+        frame_log.removeHandler(handler)
+        frame_log.setLevel(level)
+
+
 @pytest.mark.skipif(
     os.environ.get("DG_LSP_TEST_COMPILE") != "1",
     reason="compiling the step takes minutes on a 2-core CPU: set DG_LSP_TEST_COMPILE=1 (tests/gpu runs it on CUDA)",
@@ -241,12 +264,23 @@ def test_compiled_step_gives_the_eager_canvas(loaded: LoadedModel, monkeypatch: 
     assert compiled.steps.inductor_options == compiled_step.cpu_inductor_options(loaded.model) != {}  # numerics included
     skipped_before = COMPILED_CALLS.skipped
     # Two canvas lengths and two context buckets through one dynamic-shape graph (the second
-    # request's later steps without dynamo's guard checks).
-    for seed, context, length in ((0, 30, 32), (1, 90, 64)):
-        settings = SamplerSettings(max_steps=3)
-        eager, quick, _, _ = both(loaded.model, compiled, prompt(seed, context), CanvasSpec(length=length), settings, seed)
-        assert quick.canvas == eager.canvas
-        assert quick.steps == eager.steps
+    # request's later steps without dynamo's guard checks), each traced once: no restart of
+    # dynamo's analysis to specialize the model's floats (norm epsilons, attention scaling).
+    with dynamo_restarts() as restarts:
+        for seed, context, length in ((0, 30, 32), (1, 90, 64)):
+            settings = SamplerSettings(max_steps=3)
+            eager, quick, _, _ = both(loaded.model, compiled, prompt(seed, context), CanvasSpec(length=length), settings, seed)
+            assert quick.canvas == eager.canvas
+            assert quick.steps == eager.steps
+    assert restarts == []
+    # Another entropy bound and confidence threshold are inputs of the same graph, not a recompile.
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    settings = SamplerSettings(max_steps=3, entropy_bound=0.7, confidence_threshold=0.5)
+    eager, quick, _, _ = both(loaded.model, compiled, prompt(5, 30), CanvasSpec(length=32), settings, 5)
+    assert (quick.canvas, quick.steps) == (eager.canvas, eager.steps)
+    assert counters["stats"]["unique_graphs"] == graphs
     # An absorbing-noise model: decided tokens pinned, the completion floor and the settled stop in the graph.
     settings = SamplerSettings(max_steps=4, entropy_bound=1e-9)
     eager, quick, _, _ = both(loaded.model, compiled, prompt(2, 40), CanvasSpec(length=32, noise_id=3), settings, 2)
