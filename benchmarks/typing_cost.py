@@ -13,6 +13,8 @@ After the last key the request is awaited. Per episode (one cursor typed at one 
 - ``request_ms``: from the request to the answer (``benchmarks/lsp_latency.py``'s measure);
 - ``answered_between_keys``: requests sent while typing (the key pace slower than the debounce) whose answer
   arrived before the next key, i.e. a suggestion the editor could show between keys (the others are cancelled);
+- ``ghost_cleared_ms``: for each key that found ghost text of the request in flight on screen (its first non-empty
+  ``dg/draft``, or its non-empty answer: what the plugin draws), how long it had been shown; under 50 ms is a flash;
 - ``cpu_s``: the server process's CPU time (user + system, all its threads, ``/proc/<pid>/stat``) from
   the first key to ``--settle-ms`` after the answer: the work the typing caused, cancelled work included.
 
@@ -30,6 +32,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,13 +102,46 @@ class Episode:
     wait_ms: float
     answered: bool
     cpu_s: float
+    #: For each key that cleared ghost text of the request in flight: how long it had been shown (ms).
+    ghost_cleared_ms: tuple[float, ...] = ()
+
+
+#: Ghost text shown for less than this before a key clears it is a flash.
+FLASH_MS = 50.0
+
+
+class GhostText:
+    """When each request's ghost text first appeared: its first non-empty ``dg/draft`` (the Neovim plugin draws drafts)."""
+
+    def __init__(self, client: LspClient) -> None:
+        self._first_draft: dict[int, float] = {}
+        self._lock = threading.Lock()
+        client.on_notification = self._seen
+
+    def _seen(self, method: str, params: Any) -> None:
+        if method != "dg/draft" or not isinstance(params, dict) or not params.get("text"):
+            return
+        request_id = params.get("requestId")
+        if isinstance(request_id, int):
+            with self._lock:
+                self._first_draft.setdefault(request_id, time.perf_counter())
+
+    def shown_at(self, request: PendingRequest) -> float | None:
+        """When ``request``'s ghost text appeared (a draft, or a non-empty answer), None if it has not."""
+        with self._lock:
+            shown = self._first_draft.get(request.id)
+        if request.future.done():
+            message, received = request.future.result()
+            if has_suggestion(message.get("result")):
+                shown = received if shown is None else min(shown, received)
+        return shown
 
 
 class PluginTiming:
     """The Neovim plugin's clock for one typed document: batched changes, a debounced request, cancel on key."""
 
-    def __init__(self, client: LspClient, doc: OpenDoc, batch_ms: float, debounce_ms: float) -> None:
-        self.client, self.doc = client, doc
+    def __init__(self, client: LspClient, doc: OpenDoc, batch_ms: float, debounce_ms: float, ghost: GhostText) -> None:
+        self.client, self.doc, self.ghost = client, doc, ghost
         self.batch_s, self.debounce_s = batch_ms / 1000.0, debounce_ms / 1000.0
         self.pending_at: int | None = None  # where the unsent keys start
         self.pending = ""
@@ -116,11 +152,16 @@ class PluginTiming:
         self.changes = self.requests = self.cancelled = 0
         #: Requests sent while typing whose answer arrived before the next key (a suggestion shown between keys).
         self.answered_between = 0
+        #: How long ghost text had been shown when a key cleared it (ms), one entry per such key.
+        self.ghost_cleared_ms: list[float] = []
 
     def key(self, offset: int, char: str) -> None:
         """A key typed at ``offset`` (the cursor): cancel the request in flight, batch the change, re-arm the trigger."""
         now = time.perf_counter()
         if self.request is not None:
+            shown = self.ghost.shown_at(self.request)
+            if shown is not None and shown <= now:
+                self.ghost_cleared_ms.append((now - shown) * 1000.0)
             if self.request.future.done() and "result" in self.request.future.result()[0]:
                 self.answered_between += 1
             else:
@@ -167,7 +208,8 @@ class PluginTiming:
 
 
 def type_episode(
-    client: LspClient, case: Case, typed: str, key_ms: float, timing_ms: tuple[float, float], args: argparse.Namespace
+    client: LspClient, case: Case, typed: str, key_ms: float, timing_ms: tuple[float, float], args: argparse.Namespace,
+    ghost: GhostText,
 ) -> tuple[PluginTiming, float, float, bool, float]:
     """Type ``typed`` at the case's cursor with ``timing_ms`` = (change batch, request debounce);
     (timing, request ms, wait ms, answered, CPU s)."""
@@ -175,7 +217,7 @@ def type_episode(
     cursor = offset_at(case.text, case.line, case.character)
     doc = OpenDoc(client, FIXTURES_DIR / case.file, LANGUAGE_IDS.get(language, language), case.text)
     try:
-        timing = PluginTiming(client, doc, *timing_ms)
+        timing = PluginTiming(client, doc, *timing_ms, ghost=ghost)
         cpu_before = process_cpu_seconds(client.proc.pid)
         start = time.perf_counter()
         for number, char in enumerate(typed):
@@ -213,6 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("typing_cost: no single-line cursors selected")
     log_path = Path(args.server_log) if args.server_log else Path(tempfile.mkstemp(prefix="dg-lsp-typing-", suffix=".log")[1])
     client, log_file = start_server(args, log_path)
+    ghost = GhostText(client)
     episodes: list[Episode] = []
     try:
         info = initialize(client, args)
@@ -222,7 +265,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             info, waited = wait_for_compile(client, args.compile_timeout)
             print(f"compiled step {info['compile'].get('state')} {waited:.1f} s after ready", file=sys.stderr)
         for case in cases[:2]:  # untimed: the first requests pay one-off costs
-            type_episode(client, case, typed_text(case, args.chars), args.key_ms[0], (args.batch_ms, args.debounce_ms), args)
+            type_episode(client, case, typed_text(case, args.chars), args.key_ms[0], (args.batch_ms, args.debounce_ms), args, ghost)
         total = len(args.key_ms) * args.reps * len(cases)
         bar = tqdm(total=total, desc="episodes", unit="ep", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
         for key_ms in args.key_ms:
@@ -233,10 +276,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if not args.alt_timing:
                         set_completion_option(client, args, args.option, on)
                     typed = typed_text(case, args.chars)
-                    timing, request_ms, wait_ms, answered, cpu = type_episode(client, case, typed, key_ms, timing_ms, args)
+                    timing, request_ms, wait_ms, answered, cpu = type_episode(client, case, typed, key_ms, timing_ms, args, ghost)
                     episodes.append(Episode(case.file, case.index, case.kind, key_ms, on, len(typed), timing.changes,
                                             timing.requests, timing.cancelled, timing.answered_between, request_ms, wait_ms,
-                                            answered, cpu))
+                                            answered, cpu, tuple(timing.ghost_cleared_ms)))
                     bar.set_postfix_str(f"{key_ms:g} ms/key {variant_label(args, on)}: {wait_ms:,.0f} ms", refresh=False)
                     bar.update(1)
         bar.close()
@@ -276,6 +319,7 @@ def report(args: argparse.Namespace, info: dict[str, Any], final: Any, episodes:
             if not chosen:
                 continue
             keys = sum(ep.keys for ep in chosen)
+            cleared = [ms for ep in chosen for ms in ep.ghost_cleared_ms]
             rows.append({
                 "key_ms": key_ms,
                 "variant": variant_label(args, on),
@@ -290,6 +334,11 @@ def report(args: argparse.Namespace, info: dict[str, Any], final: Any, episodes:
                 "answered_between_keys": sum(ep.answered_between_keys for ep in chosen),
                 "requests_between_keys": sum(ep.requests_sent - 1 for ep in chosen),
                 "answered": sum(ep.answered for ep in chosen),
+                # keys that cleared ghost text of the request in flight, those that had shown it < FLASH_MS, of all keys
+                "keys": keys,
+                "ghost_cleared_by_key": len(cleared),
+                "ghost_flashes": sum(ms < FLASH_MS for ms in cleared),
+                "ghost_shown_ms": summarize(cleared) if cleared else None,
             })
     ratios: dict[str, dict[str, dict[str, float] | None]] = {}
     for key_ms in args.key_ms:
@@ -318,11 +367,12 @@ def report(args: argparse.Namespace, info: dict[str, Any], final: Any, episodes:
 def print_report(data: dict[str, Any]) -> None:
     """The table on stdout."""
     header = ["ms/key", "variant", "n", "wait p50", "wait p95", "request p50", "CPU s/episode", "CPU ms/key", "requests/ep",
-              "answered between keys", "answered"]
+              "answered between keys", "answered", f"ghost cleared by a key (< {FLASH_MS:g} ms) / keys"]
     table = [
         [fmt(r["key_ms"], 0), r["variant"], str(r["episodes"]), fmt(r["wait_ms"]["p50"]), fmt(r["wait_ms"]["p95"]),
          fmt(r["request_ms"]["p50"]), fmt(r["cpu_s_per_episode"]["mean"], 3), fmt(r["cpu_ms_per_key"]), fmt(r["requests_per_episode"], 2),
-         f"{r['answered_between_keys']}/{r['requests_between_keys']}", str(r["answered"])]
+         f"{r['answered_between_keys']}/{r['requests_between_keys']}", str(r["answered"]),
+         f"{r['ghost_cleared_by_key']} ({r['ghost_flashes']}) / {r['keys']}"]
         for r in data["rows"]
     ]
     print(text_table(header, table))

@@ -402,6 +402,13 @@ def test_typing_cost_types_at_each_pace_with_the_plugin_s_timing(tiny_model_dir:
         else:  # a change and a request after every key; the next key cancels the request unless it was answered
             assert (episode["changes_sent"], episode["requests_sent"]) == (3, 3)
             assert episode["requests_cancelled"] + episode["answered_between_keys"] == 2
+    # Ghost text cleared by a key: never while keys come faster than the request's debounce; otherwise
+    # shown at most from the request (300 ms after a key) to the next key (450 ms after it).
+    assert all(e["ghost_cleared_ms"] == [] for e in episodes if e["key_ms"] == 10.0)
+    slow = [ms for e in episodes if e["key_ms"] == 450.0 for ms in e["ghost_cleared_ms"]]
+    assert slow and all(0.0 <= ms <= 150.0 + 25.0 for ms in slow)
+    assert sum(row["ghost_cleared_by_key"] for row in report["rows"]) == len(slow)
+    assert sum(row["keys"] for row in report["rows"]) == 24
     assert sum(e["cpu_s"] for e in episodes) > 0  # the server's work is counted (in clock ticks of 10 ms)
     assert {row["variant"] for row in report["rows"]} == {"speculate on", "speculate off"}
     assert report["paired_on_over_off"]["450.0"]["cpu_s"]["count"] == 2
